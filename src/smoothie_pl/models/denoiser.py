@@ -1,0 +1,126 @@
+"""The U-shaped transformer denoiser of METHOD section 6 and its source encoder."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from smoothie_pl.models.layers import Block, TimeEmbedding
+
+
+@dataclass
+class DenoiserConfig:
+    """Size of the denoiser; defaults are the paper's (12 blocks, width 768, 6-layer encoder).
+
+    ``source_encoder`` is ``"scratch"`` (a transformer over the standardised
+    embeddings, as in the paper), ``"pretrained"`` (the encoder of the model the
+    embeddings come from, fine-tuned) or ``"none"`` (unconditional).
+    """
+
+    width: int = 768
+    depth: int = 12
+    heads: int = 12
+    mlp_ratio: float = 4.0
+    dropout: float = 0.1
+    encoder_depth: int = 6
+    source_encoder: str = "scratch"
+
+    def __post_init__(self) -> None:
+        for name in ("width", "depth", "heads"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"denoiser.{name} must be positive, got {getattr(self, name)}")
+        if self.depth % 2:
+            raise ValueError(f"denoiser.depth must be even (U-shaped long skips pair blocks), got {self.depth}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"denoiser.dropout must be in [0, 1), got {self.dropout}")
+        if self.source_encoder not in ("scratch", "pretrained", "none"):
+            raise ValueError(
+                f"denoiser.source_encoder must be 'scratch', 'pretrained' or 'none', got {self.source_encoder!r}"
+            )
+
+
+class SourceEncoder(nn.Module):
+    """Encodes source embeddings (already looked up in ``E``) with positions and post-LN blocks."""
+
+    def __init__(self, embedding_dim: int, width: int, config: DenoiserConfig, max_length: int) -> None:
+        super().__init__()
+        self.input = nn.Linear(embedding_dim, width)
+        self.positions = nn.Embedding(max_length, width)
+        self.norm = nn.LayerNorm(width)
+        self.blocks = nn.ModuleList(
+            Block(width, config.heads, config.mlp_ratio, config.dropout, cross_attention=False)
+            for _ in range(config.encoder_depth)
+        )
+
+    def forward(self, source_embeddings: torch.Tensor, source_mask: torch.Tensor) -> torch.Tensor:
+        positions = torch.arange(source_embeddings.shape[1], device=source_embeddings.device)
+        h = self.norm(self.input(source_embeddings) + self.positions(positions))
+        for block in self.blocks:
+            h = block(h, source_mask)
+        return h
+
+
+class PretrainedSourceEncoder(nn.Module):
+    """The encoder of a Hugging Face model (e.g. the one ``E`` comes from), projected to the denoiser width."""
+
+    def __init__(self, name_or_path: str, width: int) -> None:
+        super().__init__()
+        from transformers import AutoModel
+
+        self.encoder = AutoModel.from_pretrained(name_or_path)
+        self.output = nn.Linear(self.encoder.config.hidden_size, width)
+
+    def forward(self, source_ids: torch.Tensor, source_mask: torch.Tensor) -> torch.Tensor:
+        hidden = self.encoder(input_ids=source_ids, attention_mask=source_mask.long()).last_hidden_state
+        return self.output(hidden)
+
+
+class UShapedDenoiser(nn.Module):
+    """Predicts the clean embeddings ``e0`` from the model input ``x_t``, the time and the source.
+
+    The first half of the blocks push their inputs on a stack; block ``half + i``
+    adds the input of block ``half - 1 - i`` (long skips). Each block has its own
+    projection of the time embedding, added to the stream before the block.
+    """
+
+    def __init__(self, embedding_dim: int, config: DenoiserConfig, max_length: int, max_source_length: int) -> None:
+        super().__init__()
+        self.config = config
+        width = config.width
+        self.input = nn.Linear(embedding_dim, width)
+        self.positions = nn.Embedding(max_length, width)
+        self.time_embedding = TimeEmbedding(width)
+        self.time_projections = nn.ModuleList(nn.Linear(width, width) for _ in range(config.depth))
+        conditional = config.source_encoder != "none"
+        self.blocks = nn.ModuleList(
+            Block(width, config.heads, config.mlp_ratio, config.dropout, cross_attention=conditional)
+            for _ in range(config.depth)
+        )
+        self.output = nn.Linear(width, embedding_dim)
+
+    @property
+    def conditional(self) -> bool:
+        return self.config.source_encoder != "none"
+
+    def forward(
+        self,
+        x_t: torch.Tensor,
+        t: torch.Tensor,
+        source: torch.Tensor | None = None,
+        source_mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """``x_t [B, L, d]``, ``t [B]``, encoded ``source [B, Ls, width]`` -> ``e0 [B, L, d]``."""
+        positions = torch.arange(x_t.shape[1], device=x_t.device)
+        h = self.input(x_t) + self.positions(positions)
+        time = self.time_embedding(t)
+        half = len(self.blocks) // 2
+        skips = []
+        for i, (block, time_projection) in enumerate(zip(self.blocks, self.time_projections)):
+            if i < half:
+                skips.append(h)
+            else:
+                h = h + skips.pop()
+            h = block(h + time_projection(time)[:, None], context=source, context_mask=source_mask)
+        return self.output(h)

@@ -1,0 +1,83 @@
+"""Transformer building blocks: attention through PyTorch SDPA, post-LN blocks, time embedding."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class Attention(nn.Module):
+    """Multi-head attention; ``key_padding_mask`` is True where a key is real."""
+
+    def __init__(self, width: int, heads: int, dropout: float) -> None:
+        super().__init__()
+        if width % heads:
+            raise ValueError(f"width {width} must be divisible by heads {heads}")
+        self.heads = heads
+        self.dropout = dropout
+        self.query = nn.Linear(width, width)
+        self.key_value = nn.Linear(width, 2 * width)
+        self.out = nn.Linear(width, width)
+
+    def forward(
+        self, x: torch.Tensor, context: torch.Tensor, key_padding_mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        batch, length, width = x.shape
+        q = self.query(x).view(batch, length, self.heads, -1).transpose(1, 2)
+        k, v = self.key_value(context).view(batch, context.shape[1], 2, self.heads, -1).unbind(2)
+        mask = None if key_padding_mask is None else key_padding_mask[:, None, None, :]
+        y = F.scaled_dot_product_attention(
+            q, k.transpose(1, 2), v.transpose(1, 2), attn_mask=mask, dropout_p=self.dropout if self.training else 0.0
+        )
+        return self.out(y.transpose(1, 2).reshape(batch, length, width))
+
+
+class Block(nn.Module):
+    """BERT-like post-LN block: self-attention, optional cross-attention, MLP."""
+
+    def __init__(self, width: int, heads: int, mlp_ratio: float, dropout: float, cross_attention: bool) -> None:
+        super().__init__()
+        self.self_attention = Attention(width, heads, dropout)
+        self.self_norm = nn.LayerNorm(width)
+        self.cross_attention = Attention(width, heads, dropout) if cross_attention else None
+        self.cross_norm = nn.LayerNorm(width) if cross_attention else None
+        hidden = int(width * mlp_ratio)
+        self.mlp = nn.Sequential(nn.Linear(width, hidden), nn.GELU(), nn.Linear(hidden, width))
+        self.mlp_norm = nn.LayerNorm(width)
+        self.drop = nn.Dropout(dropout)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        padding_mask: torch.Tensor | None = None,
+        context: torch.Tensor | None = None,
+        context_mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        x = self.self_norm(x + self.drop(self.self_attention(x, x, padding_mask)))
+        if self.cross_attention is not None:
+            if context is None:
+                raise ValueError("this block cross-attends to a source, but no source encoding was given")
+            x = self.cross_norm(x + self.drop(self.cross_attention(x, context, context_mask)))
+        return self.mlp_norm(x + self.drop(self.mlp(x)))
+
+
+class TimeEmbedding(nn.Module):
+    """Sinusoidal features of ``t`` in [0, 1] followed by Linear -> SiLU -> Linear."""
+
+    def __init__(self, width: int, max_period: float = 10_000.0) -> None:
+        super().__init__()
+        self.width = width
+        self.max_period = max_period
+        self.mlp = nn.Sequential(nn.Linear(width, 2 * width), nn.SiLU(), nn.Linear(2 * width, width))
+
+    def forward(self, t: torch.Tensor) -> torch.Tensor:
+        half = self.width // 2
+        freqs = torch.exp(-math.log(self.max_period) * torch.arange(half, device=t.device) / half)
+        angles = 1000.0 * t.float()[:, None] * freqs[None]
+        features = torch.cat([torch.cos(angles), torch.sin(angles)], dim=-1)
+        if self.width % 2:
+            features = F.pad(features, (0, 1))
+        return self.mlp(features)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 
-from lightning.pytorch.callbacks import RichProgressBar
+from lightning.pytorch.callbacks import ProgressBar, RichProgressBar
 from lightning.pytorch.cli import LightningCLI
 
 from smoothie_pl.callbacks import JsonlPredictionWriter, SmoothieEMA
@@ -22,11 +22,19 @@ class SmoothieCLI(LightningCLI):
     def add_arguments_to_parser(self, parser) -> None:
         parser.add_lightning_class_args(SmoothieEMA, "ema")
         parser.add_lightning_class_args(JsonlPredictionWriter, "prediction_writer")
-        parser.add_lightning_class_args(RichProgressBar, "progress_bar")
         parser.link_arguments("model.embedding", "data.init_args.tokenizer")
         parser.link_arguments("model.target_length", "data.init_args.target_length")
         parser.link_arguments("model.source_length", "data.init_args.source_length")
         parser.link_arguments("data", "model.vocabulary", compute_fn=data_vocabulary, apply_on="instantiate")
+
+    def instantiate_trainer(self, **kwargs):
+        """Use a Rich progress bar unless the config disables progress bars or brings its own."""
+        trainer_config = self._get(self.config_init, "trainer", default={})
+        callbacks = list(trainer_config.get("callbacks") or [])
+        wants_bar = trainer_config.get("enable_progress_bar") is not False
+        if wants_bar and not any(isinstance(callback, ProgressBar) for callback in callbacks):
+            trainer_config["callbacks"] = [*callbacks, RichProgressBar()]
+        return super().instantiate_trainer(**kwargs)
 
 
 def main(args: list[str] | None = None) -> None:

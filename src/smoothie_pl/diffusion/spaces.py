@@ -43,6 +43,8 @@ class SmoothieSpace(nn.Module):
         self.chunk_size = chunk_size
         self.compute_dtype = compute_dtype
         self.register_buffer("embeddings", embeddings, persistent=False)
+        # The matmul copy of E, cast once rather than every step.
+        self.register_buffer("compute_embeddings", embeddings.to(compute_dtype or embeddings.dtype), persistent=False)
         self.register_buffer("half_sq_norms", half_squared_norms(embeddings), persistent=False)
 
     @property
@@ -55,7 +57,7 @@ class SmoothieSpace(nn.Module):
         batch, length, dim = query.shape
         out = noisy_vocab_attention(
             query.reshape(-1, dim),
-            self.embeddings,
+            self.compute_embeddings,
             mu.repeat_interleave(length),
             std.repeat_interleave(length),
             sigma0=self.sigma0,

@@ -44,9 +44,10 @@ def bleu_score(
     """BLEU-4 in [0, 1]: geometric mean of n-gram precisions times the brevity penalty.
 
     ``epsilon=0`` is unsmoothed BLEU (any order without a match gives 0). ``epsilon>0``
-    is NLTK's smoothing ``method1``: a zero match count is replaced by ``epsilon``.
+    is NLTK's smoothing ``method1``: a zero match count is replaced by ``epsilon``. As in
+    NLTK, no unigram match at all scores 0 either way.
     """
-    if hyp_len == 0:
+    if hyp_len == 0 or matches[0] == 0:
         return 0.0
     log_precision = 0.0
     for match, total in zip(matches, totals):
@@ -67,8 +68,8 @@ class CorpusBLEU(Metric):
     closest-reference lengths. One or several references per prediction.
 
     Tokenisation: ``tokenizer`` may be a callable, or the name/path of a Hugging Face
-    tokenizer whose ``tokenize`` is used (the Smoothie paper uses multilingual BERT
-    WordPiece); by default texts are split on whitespace, case kept.
+    tokenizer whose ``tokenize`` is used (e.g. multilingual BERT for WordPiece-level
+    BLEU); by default texts are split on whitespace, case kept.
     """
 
     is_differentiable = False

@@ -24,7 +24,9 @@ class ROUGE(Metric):
     higher_is_better = True
     full_state_update = False
 
-    def __init__(self, rouge_types: Sequence[str] = ("rouge1", "rouge2", "rougeL"), use_stemmer: bool = True, **kwargs):
+    def __init__(
+        self, rouge_types: Sequence[str] = ("rouge1", "rouge2", "rougeL"), use_stemmer: bool = True, **kwargs
+    ) -> None:
         super().__init__(**kwargs)
         self.rouge_types = list(rouge_types)
         self._scorer = rouge_scorer.RougeScorer(self.rouge_types, use_stemmer=use_stemmer)
@@ -33,9 +35,11 @@ class ROUGE(Metric):
 
     def update(self, predictions: Sequence[str], references: Sequence[str] | Sequence[Sequence[str]]) -> None:
         check_lengths(predictions=predictions, references=references)
+        sums = [0.0] * len(self.rouge_types)
         for prediction, refs in zip(predictions, reference_lists(references)):
             scores = self._scorer.score_multi(refs, prediction)
-            self.f_sum += torch.tensor([scores[t].fmeasure for t in self.rouge_types], dtype=torch.float64, device=self.device)
+            sums = [total + scores[t].fmeasure for total, t in zip(sums, self.rouge_types)]
+        self.f_sum += torch.tensor(sums, dtype=torch.float64, device=self.device)
         self.count += len(predictions)
 
     def compute(self) -> dict[str, torch.Tensor]:

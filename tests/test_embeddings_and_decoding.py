@@ -1,0 +1,54 @@
+import torch
+
+from smoothie_pl.diffusion import ArctanSchedule, SmoothieSpace
+from smoothie_pl.embeddings import load_embedding_matrix, load_tokenizer, real_token_mask, standardise
+from smoothie_pl.text import ids_to_text
+
+
+def test_standardisation_uses_real_rows_only():
+    embeddings = torch.tensor([[1.0, 3.0], [5.0, 7.0], [1000.0, -1000.0]])
+    real = torch.tensor([True, True, False])
+    out = standardise(embeddings, real)
+    # Real entries 1, 3, 5, 7: mean 4, sample std sqrt(((9 + 1 + 1 + 9) / 3)) = sqrt(20 / 3).
+    std = (20 / 3) ** 0.5
+    torch.testing.assert_close(out[:2], torch.tensor([[-3.0, -1.0], [1.0, 3.0]]) / std)
+    torch.testing.assert_close(out[2], torch.tensor([996.0, -1004.0]) / std)
+
+
+def test_per_feature_standardisation():
+    embeddings = torch.tensor([[0.0, 10.0], [2.0, 30.0], [4.0, 50.0]])
+    out = standardise(embeddings, torch.ones(3, dtype=torch.bool), per_feature=True)
+    torch.testing.assert_close(out, torch.tensor([[-1.0, -1.0], [0.0, 0.0], [1.0, 1.0]]))
+
+
+def test_unused_placeholders_are_not_real_tokens(word_model):
+    tokenizer = load_tokenizer(word_model)
+    mask = real_token_mask(tokenizer, len(tokenizer))
+    assert not mask[tokenizer.convert_tokens_to_ids("[unused0]")]
+    assert mask[tokenizer.convert_tokens_to_ids("cat")]
+
+
+def test_loaded_matrix_is_standardised_over_real_rows(word_model):
+    matrix = load_embedding_matrix(word_model)
+    real = real_token_mask(load_tokenizer(word_model), matrix.shape[0])
+    assert abs(matrix[real].mean().item()) < 1e-5
+    assert abs(matrix[real].std().item() - 1.0) < 1e-5
+
+
+def test_default_source_is_the_packaged_minilm():
+    tokenizer = load_tokenizer(None)
+    assert len(tokenizer) == 30522
+    assert load_embedding_matrix(None).shape == (30522, 384)
+
+
+def test_decoding_recovers_tokens_from_clean_embeddings(word_model):
+    matrix = load_embedding_matrix(word_model)
+    space = SmoothieSpace(matrix, ArctanSchedule(), chunk_size=7)
+    ids = torch.randint(0, matrix.shape[0], (3, 11), generator=torch.Generator().manual_seed(0))
+    assert torch.equal(space.decode(matrix[ids]), ids)
+
+
+def test_text_is_cut_at_the_end_token_and_special_tokens_dropped(word_model):
+    tokenizer = load_tokenizer(word_model)
+    ids = tokenizer.convert_tokens_to_ids(["[CLS]", "the", "[PAD]", "cat", "sat", "[SEP]", "on", "mat"])
+    assert ids_to_text(tokenizer, ids) == "the cat sat"

@@ -1,0 +1,89 @@
+import lightning as L
+import pytest
+import torch
+
+from smoothie_pl.callbacks import SmoothieEMA
+from smoothie_pl.callbacks.ema import warmup_decay
+from smoothie_pl.data import JsonlDataModule
+from smoothie_pl.models import DenoiserConfig
+from smoothie_pl.module import SmoothieModule
+
+from .conftest import PAIRS
+
+TINY = DenoiserConfig(width=64, depth=2, heads=2, encoder_depth=1, dropout=0.0)
+
+
+def tiny_module(word_model, **kwargs) -> SmoothieModule:
+    options = dict(embedding=word_model, denoiser=TINY, target_length=8, source_length=10, sampling_steps=10)
+    return SmoothieModule(**{**options, **kwargs})
+
+
+def pairs_data(pairs_dir, word_model, **kwargs) -> JsonlDataModule:
+    files = {f"{split}_file": str(pairs_dir / f"{split}.jsonl") for split in ("train", "validation", "test")}
+    return JsonlDataModule(tokenizer=word_model, target_length=8, source_length=10, **files, **kwargs)
+
+
+def test_ema_warmup_follows_the_paper():
+    # (1 + n) / (10 + n), capped by the decay.
+    assert warmup_decay(0.9999, 0) == pytest.approx(0.1)
+    assert warmup_decay(0.9999, 90) == pytest.approx(91 / 100)
+    assert warmup_decay(0.9, 10_000) == 0.9
+
+
+def test_warmup_then_constant_learning_rate(word_model):
+    module = tiny_module(word_model, lr=1e-3, warmup_steps=10, warmup_start_lr=1e-8)
+    scheduler = module.configure_optimizers()["lr_scheduler"]["scheduler"]
+    rates = []
+    for _ in range(15):
+        rates.append(scheduler.get_last_lr()[0])
+        scheduler.optimizer.step()
+        scheduler.step()
+    assert rates[0] == pytest.approx(1e-8)
+    assert rates[5] == pytest.approx(1e-8 + (1e-3 - 1e-8) * 5 / 10)
+    assert rates[10:] == pytest.approx([1e-3] * 5)
+
+
+def test_embedding_matrix_gets_no_gradient(word_model, pairs_dir):
+    module = tiny_module(word_model)
+    data = pairs_data(pairs_dir, word_model, batch_size=8)
+    data.setup("fit")
+    loss = module.diffusion_loss(next(iter(data.train_dataloader())), torch.Generator().manual_seed(0))
+    loss.backward()
+    assert not module.embedding_matrix.requires_grad
+    assert all(p.grad is not None for p in module.denoiser.parameters())
+    assert "embedding_matrix" not in {name for name, _ in module.named_parameters()}
+
+
+def test_generate_is_reproducible_for_a_seed(word_model):
+    module = tiny_module(word_model)
+    sources = [source for source, _ in PAIRS[:3]]
+    first = module.generate(sources, steps=4, seed=7)
+    assert first == module.generate(sources, steps=4, seed=7)
+    assert len(first) == 3 and all(isinstance(text, str) for text in first)
+    # The untrained model's texts may all be empty, so compare the sampled embeddings too.
+    encoded = module.tokenizer(sources, padding=True, return_tensors="pt")
+    ids, mask = encoded["input_ids"], encoded["attention_mask"].bool()
+    sample = lambda seed: module.sample_embeddings(ids, mask, torch.Generator().manual_seed(seed), steps=4)  # noqa: E731
+    assert torch.equal(sample(7), sample(7))
+    assert not torch.allclose(sample(7), sample(8))
+
+
+@pytest.mark.slow
+def test_tiny_model_overfits_eight_pairs_and_regenerates_them(word_model, pairs_dir, tmp_path):
+    L.seed_everything(0)
+    data = pairs_data(pairs_dir, word_model, batch_size=8, restrict_vocabulary=True)
+    module = tiny_module(word_model, vocabulary=data.vocabulary(), lr=3e-3, warmup_steps=20, sampling_steps=20)
+    trainer = L.Trainer(
+        accelerator="cpu",
+        max_steps=600,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        limit_val_batches=0,
+        callbacks=[SmoothieEMA(decay=0.99)],
+        default_root_dir=tmp_path,
+    )
+    trainer.fit(module, datamodule=data)
+    generated = module.generate([source for source, _ in PAIRS], seed=0)
+    assert generated == [target for _, target in PAIRS]

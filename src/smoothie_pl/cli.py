@@ -37,16 +37,21 @@ class SmoothieCLI(LightningCLI):
         return super().instantiate_trainer(**kwargs)
 
 
-def main(args: list[str] | None = None) -> None:
-    for variable in ("TOKENIZERS_PARALLELISM",):
-        os.environ.setdefault(variable, "false")
-    SmoothieCLI(
+def build_cli(args: list[str] | None = None, run: bool = True) -> SmoothieCLI:
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    return SmoothieCLI(
         SmoothieModule,
         Seq2SeqDataModule,
         subclass_mode_data=True,
         save_config_kwargs={"overwrite": True},
         args=args,
+        run=run,
     )
+
+
+def main() -> None:
+    """Console-script entry point (returns nothing, so the exit status stays 0)."""
+    build_cli()
 
 
 if __name__ == "__main__":

@@ -48,6 +48,9 @@ class SmoothieModule(L.LightningModule):
         schedule: the arctan noise schedule.
         target_length, source_length: ``L`` and the longest source ``Lc``.
         sampling_steps: steps of the re-noise sampler for test/predict/generate.
+        sampling_noise_scale: multiplies the std of the noise the sampler injects
+            (1 is the paper's sampler; lower is less diverse and, for
+            undertrained models, less littered with frequent words).
         vocab_chunk_size, vocab_dtype: chunk of vocabulary rows per streaming
             step and the dtype of its matmuls (``"bfloat16"`` is 3-5x faster on
             CPUs with AMX/AVX512-BF16 and on GPUs).
@@ -65,6 +68,7 @@ class SmoothieModule(L.LightningModule):
         source_length: int = 64,
         sampler: str = "renoise",
         sampling_steps: int = 200,
+        sampling_noise_scale: float = 1.0,
         lr: float = 2e-4,
         betas: tuple[float, float] = (0.9, 0.98),
         eps: float = 1e-6,
@@ -83,7 +87,7 @@ class SmoothieModule(L.LightningModule):
             raise ValueError(f"vocab_dtype must be one of {sorted(DTYPES)}, got {vocab_dtype!r}")
         self.save_hyperparameters(ignore=["vocabulary", "denoiser", "schedule"])
         self.save_hyperparameters({"denoiser": asdict(denoiser), "schedule": asdict(schedule)})
-        self.sampler = build_sampler(sampler, steps=sampling_steps)
+        self.sampler = build_sampler(sampler, steps=sampling_steps, noise_scale=sampling_noise_scale)
 
         embedding_matrix = load_embedding_matrix(embedding, per_feature_standardisation)
         self.register_buffer("embedding_matrix", embedding_matrix)
@@ -95,7 +99,9 @@ class SmoothieModule(L.LightningModule):
         if denoiser.source_encoder == "scratch":
             self.source_encoder = SourceEncoder(dim, denoiser.width, denoiser, source_length)
         elif denoiser.source_encoder == "pretrained":
-            self.source_encoder = PretrainedSourceEncoder(resolve_embedding_source(embedding), denoiser.width)
+            self.source_encoder = PretrainedSourceEncoder(
+                resolve_embedding_source(embedding), denoiser.width, freeze=denoiser.freeze_source_encoder
+            )
         else:
             self.source_encoder = None
         self.test_sacrebleu = SacreBLEUScore(tokenize="13a")
@@ -134,8 +140,12 @@ class SmoothieModule(L.LightningModule):
         clean = self.embedding_matrix[batch["target_ids"]]
         t = torch.rand(clean.shape[0], device=self.device, generator=generator) * (1 - T_TRAIN_MIN) + T_TRAIN_MIN
         x_t = self.space.noised_input(clean, t, generator)
-        source = self.encode_source(batch["source_ids"], batch["source_mask"])
-        predicted = self.denoiser(x_t, t, source, batch["source_mask"])
+        source, source_mask = self.encode_source(batch["source_ids"], batch["source_mask"]), batch["source_mask"]
+        previous = None
+        if self.hparams.denoiser["self_conditioning"] and torch.rand(1, generator=generator, device=self.device) < 0.5:
+            with torch.no_grad():
+                previous = self.denoiser(x_t, t, source, source_mask).float()
+        predicted = self.denoiser(x_t, t, source, source_mask, previous)
         return F.mse_loss(predicted.float(), clean)
 
     # ------------------------------------------------------------- generation
@@ -145,10 +155,16 @@ class SmoothieModule(L.LightningModule):
     ) -> torch.Tensor:
         """Predicted clean embeddings ``[B, L, d]`` for a batch of tokenised sources."""
         source = self.encode_source(source_ids, source_mask)
-        sampler = self.sampler if steps is None else build_sampler(self.hparams.sampler, steps=steps)
+        sampler = self.sampler
+        if steps is not None:
+            sampler = build_sampler(self.hparams.sampler, steps=steps, noise_scale=self.hparams.sampling_noise_scale)
+
+        previous = None
 
         def denoise(x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-            return self.denoiser(x_t, t, source, source_mask).float()
+            nonlocal previous
+            previous = self.denoiser(x_t, t, source, source_mask, previous).float()
+            return previous
 
         return sampler.sample(self.space, denoise, source_ids.shape[0], self.hparams.target_length, generator)
 

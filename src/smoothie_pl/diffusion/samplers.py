@@ -11,7 +11,9 @@ Denoise = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 class Space(Protocol):
-    def noised_input(self, clean: torch.Tensor, t: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor: ...
+    def noised_input(
+        self, clean: torch.Tensor, t: torch.Tensor, generator: torch.Generator | None, noise_scale: float
+    ) -> torch.Tensor: ...
 
     def prior_input(self, batch: int, length: int, generator: torch.Generator | None) -> torch.Tensor: ...
 
@@ -22,12 +24,16 @@ class RenoiseSampler:
     Grid ``t_k = 1 - k / N``; the model runs at ``t_0 .. t_{N-1}`` and the last
     prediction is the output. Each step needs only ``e0`` and fresh noise, so
     the space can stream it without holding the ``[B, L, V]`` state.
+    ``noise_scale`` < 1 injects less fresh noise than the forward process.
     """
 
-    def __init__(self, steps: int = 200) -> None:
+    def __init__(self, steps: int = 200, noise_scale: float = 1.0) -> None:
         if steps <= 0:
             raise ValueError(f"sampler steps must be a positive integer, got {steps}")
+        if noise_scale < 0:
+            raise ValueError(f"sampler noise_scale must be non-negative, got {noise_scale}")
         self.steps = steps
+        self.noise_scale = noise_scale
 
     def timesteps(self, device: torch.device | None = None) -> torch.Tensor:
         return 1.0 - torch.arange(self.steps + 1, device=device, dtype=torch.float32) / self.steps
@@ -35,7 +41,7 @@ class RenoiseSampler:
     def step(
         self, space: Space, predicted: torch.Tensor, t_next: torch.Tensor, generator: torch.Generator | None
     ) -> torch.Tensor:
-        return space.noised_input(predicted, t_next, generator)
+        return space.noised_input(predicted, t_next, generator, self.noise_scale)
 
     @torch.no_grad()
     def sample(

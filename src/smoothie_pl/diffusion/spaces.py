@@ -69,11 +69,19 @@ class SmoothieSpace(nn.Module):
         return out.view(batch, length, dim)
 
     def noised_input(
-        self, clean: torch.Tensor, t: torch.Tensor, generator: torch.Generator | None = None
+        self,
+        clean: torch.Tensor,
+        t: torch.Tensor,
+        generator: torch.Generator | None = None,
+        noise_scale: float = 1.0,
     ) -> torch.Tensor:
-        """Model input at times ``t [B]`` for clean (or predicted) embeddings ``[B, L, d]``."""
+        """Model input at times ``t [B]`` for clean (or predicted) embeddings ``[B, L, d]``.
+
+        ``noise_scale`` multiplies the noise std (1 is the forward process; samplers
+        may inject less noise to trade diversity for fluency).
+        """
         mu, std = self.schedule.marginal(t.float())
-        return self._attend(clean, mu, std, generator)
+        return self._attend(clean, mu, std * noise_scale, generator)
 
     def prior_input(
         self, batch: int, length: int, generator: torch.Generator | None = None

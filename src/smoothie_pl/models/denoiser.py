@@ -16,7 +16,12 @@ class DenoiserConfig:
 
     ``source_encoder`` is ``"scratch"`` (a transformer over the standardised
     embeddings, as in the paper), ``"pretrained"`` (the encoder of the model the
-    embeddings come from, fine-tuned) or ``"none"`` (unconditional).
+    embeddings come from) or ``"none"`` (unconditional); ``freeze_source_encoder``
+    keeps the pretrained encoder's weights fixed (no backward pass through it).
+    ``rope`` adds rotary position embeddings to every attention (self and
+    cross), on top of the learned absolute positions. ``self_conditioning``
+    gives the denoiser a projection of a previous prediction of ``e0`` as an
+    extra input (zeros when there is none).
     """
 
     width: int = 768
@@ -26,6 +31,9 @@ class DenoiserConfig:
     dropout: float = 0.1
     encoder_depth: int = 6
     source_encoder: str = "scratch"
+    freeze_source_encoder: bool = False
+    rope: bool = False
+    self_conditioning: bool = False
 
     def __post_init__(self) -> None:
         for name in ("width", "depth", "heads"):
@@ -50,7 +58,7 @@ class SourceEncoder(nn.Module):
         self.positions = nn.Embedding(max_length, width)
         self.norm = nn.LayerNorm(width)
         self.blocks = nn.ModuleList(
-            Block(width, config.heads, config.mlp_ratio, config.dropout, cross_attention=False)
+            Block(width, config.heads, config.mlp_ratio, config.dropout, cross_attention=False, rope=config.rope)
             for _ in range(config.encoder_depth)
         )
 
@@ -65,15 +73,24 @@ class SourceEncoder(nn.Module):
 class PretrainedSourceEncoder(nn.Module):
     """The encoder of a Hugging Face model (e.g. the one ``E`` comes from), projected to the denoiser width."""
 
-    def __init__(self, name_or_path: str, width: int) -> None:
+    def __init__(self, name_or_path: str, width: int, freeze: bool = False) -> None:
         super().__init__()
         from transformers import AutoModel
 
         self.encoder = AutoModel.from_pretrained(name_or_path)
+        self.frozen = freeze
+        self.encoder.requires_grad_(not freeze)
         self.output = nn.Linear(self.encoder.config.hidden_size, width)
 
+    def train(self, mode: bool = True) -> "PretrainedSourceEncoder":
+        super().train(mode)
+        if self.frozen:
+            self.encoder.eval()
+        return self
+
     def forward(self, source_ids: torch.Tensor, source_mask: torch.Tensor) -> torch.Tensor:
-        hidden = self.encoder(input_ids=source_ids, attention_mask=source_mask.long()).last_hidden_state
+        with torch.set_grad_enabled(torch.is_grad_enabled() and not self.frozen):
+            hidden = self.encoder(input_ids=source_ids, attention_mask=source_mask.long()).last_hidden_state
         return self.output(hidden)
 
 
@@ -90,12 +107,13 @@ class UShapedDenoiser(nn.Module):
         self.config = config
         width = config.width
         self.input = nn.Linear(embedding_dim, width)
+        self.previous_input = nn.Linear(embedding_dim, width) if config.self_conditioning else None
         self.positions = nn.Embedding(max_length, width)
         self.time_embedding = TimeEmbedding(width)
         self.time_projections = nn.ModuleList(nn.Linear(width, width) for _ in range(config.depth))
         conditional = config.source_encoder != "none"
         self.blocks = nn.ModuleList(
-            Block(width, config.heads, config.mlp_ratio, config.dropout, cross_attention=conditional)
+            Block(width, config.heads, config.mlp_ratio, config.dropout, cross_attention=conditional, rope=config.rope)
             for _ in range(config.depth)
         )
         self.output = nn.Linear(width, embedding_dim)
@@ -110,10 +128,16 @@ class UShapedDenoiser(nn.Module):
         t: torch.Tensor,
         source: torch.Tensor | None = None,
         source_mask: torch.Tensor | None = None,
+        previous: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """``x_t [B, L, d]``, ``t [B]``, encoded ``source [B, Ls, width]`` -> ``e0 [B, L, d]``."""
+        """``x_t [B, L, d]``, ``t [B]``, encoded ``source [B, Ls, width]`` -> ``e0 [B, L, d]``.
+
+        ``previous`` is the self-conditioning input (a detached earlier prediction of ``e0``).
+        """
         positions = torch.arange(x_t.shape[1], device=x_t.device)
         h = self.input(x_t) + self.positions(positions)
+        if self.previous_input is not None:
+            h = h + self.previous_input(torch.zeros_like(x_t) if previous is None else previous)
         time = self.time_embedding(t)
         half = len(self.blocks) // 2
         skips = []

@@ -14,15 +14,32 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 CPU_ATTENTION_BACKENDS = [SDPBackend.MATH]
 
 
-class Attention(nn.Module):
-    """Multi-head attention; ``key_padding_mask`` is True where a key is real."""
+def rotate(x: torch.Tensor, base: float = 10_000.0) -> torch.Tensor:
+    """Rotary position embedding of ``x [B, heads, length, head_dim]`` by position along ``length``."""
+    half = x.shape[-1] // 2
+    frequencies = base ** (-torch.arange(half, device=x.device, dtype=torch.float32) / half)
+    angles = torch.arange(x.shape[-2], device=x.device, dtype=torch.float32)[:, None] * frequencies
+    cos, sin = angles.cos().to(x.dtype), angles.sin().to(x.dtype)
+    first, second = x[..., :half], x[..., half : 2 * half]
+    rotated = torch.cat([first * cos - second * sin, first * sin + second * cos], dim=-1)
+    return torch.cat([rotated, x[..., 2 * half :]], dim=-1)
 
-    def __init__(self, width: int, heads: int, dropout: float) -> None:
+
+class Attention(nn.Module):
+    """Multi-head attention; ``key_padding_mask`` is True where a key is real.
+
+    With ``rope`` queries and keys are rotated by their own positions, so the
+    scores can depend on the offset between a target and a source position:
+    that makes position-aligned copying from the source easy to learn.
+    """
+
+    def __init__(self, width: int, heads: int, dropout: float, rope: bool = False) -> None:
         super().__init__()
         if width % heads:
             raise ValueError(f"width {width} must be divisible by heads {heads}")
         self.heads = heads
         self.dropout = dropout
+        self.rope = rope
         self.query = nn.Linear(width, width)
         self.key_value = nn.Linear(width, 2 * width)
         self.out = nn.Linear(width, width)
@@ -33,24 +50,29 @@ class Attention(nn.Module):
         batch, length, width = x.shape
         q = self.query(x).view(batch, length, self.heads, -1).transpose(1, 2)
         k, v = self.key_value(context).view(batch, context.shape[1], 2, self.heads, -1).unbind(2)
+        k, v = k.transpose(1, 2), v.transpose(1, 2)
+        if self.rope:
+            q, k = rotate(q), rotate(k)
         mask = None if key_padding_mask is None else key_padding_mask[:, None, None, :]
         dropout = self.dropout if self.training else 0.0
         if x.device.type == "cpu":
             with sdpa_kernel(CPU_ATTENTION_BACKENDS):
-                y = F.scaled_dot_product_attention(q, k.transpose(1, 2), v.transpose(1, 2), mask, dropout)
+                y = F.scaled_dot_product_attention(q, k, v, mask, dropout)
         else:
-            y = F.scaled_dot_product_attention(q, k.transpose(1, 2), v.transpose(1, 2), mask, dropout)
+            y = F.scaled_dot_product_attention(q, k, v, mask, dropout)
         return self.out(y.transpose(1, 2).reshape(batch, length, width))
 
 
 class Block(nn.Module):
     """BERT-like post-LN block: self-attention, optional cross-attention, MLP."""
 
-    def __init__(self, width: int, heads: int, mlp_ratio: float, dropout: float, cross_attention: bool) -> None:
+    def __init__(
+        self, width: int, heads: int, mlp_ratio: float, dropout: float, cross_attention: bool, rope: bool = False
+    ) -> None:
         super().__init__()
-        self.self_attention = Attention(width, heads, dropout)
+        self.self_attention = Attention(width, heads, dropout, rope)
         self.self_norm = nn.LayerNorm(width)
-        self.cross_attention = Attention(width, heads, dropout) if cross_attention else None
+        self.cross_attention = Attention(width, heads, dropout, rope) if cross_attention else None
         self.cross_norm = nn.LayerNorm(width) if cross_attention else None
         hidden = int(width * mlp_ratio)
         self.mlp = nn.Sequential(nn.Linear(width, hidden), nn.GELU(), nn.Linear(hidden, width))

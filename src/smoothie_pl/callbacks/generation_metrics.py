@@ -1,0 +1,144 @@
+"""Text metrics of generations on a fixed validation subset, logged as ``val/<metric>``.
+
+The diffusion loss says little about text quality, so checkpoints are better
+chosen on a generation metric: with this callback ``ModelCheckpoint(monitor=
+"val/sacrebleu", mode="max")`` works like any validation metric.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import Callback
+
+from smoothie_pl.metrics.sets import TextMetrics
+
+FIELDS = ("index", "source", "reference", "prediction")
+
+
+class GenerationMetrics(Callback):
+    """Generates for the first ``num_examples`` validation pairs and logs the metric set.
+
+    Runs at the end of the first validation batch, when Lightning's EMA callback
+    has its weights swapped in whatever the callbacks' order, so the numbers are
+    those of the weights that get checkpointed. Skipped during the sanity check.
+    Needs a datamodule with ``dataset("validation").pairs`` (every
+    :class:`~smoothie_pl.data.base.Seq2SeqDataModule`).
+
+    Args:
+        metric_set: a name of :data:`smoothie_pl.metrics.METRIC_SETS`; each
+            metric is logged as ``val/<name>``, the tracked one on the progress bar.
+        metric_options: keyword arguments of :class:`TextMetrics` (e.g.
+            ``bertscore_model``), without which model-based metrics are skipped.
+        num_examples: the first pairs of the validation split that are generated.
+        steps, seed, batch_size: passed to ``generate`` (``None``: the model's
+            ``sampling_steps`` and ``seed``), so every run sees the same noise.
+        every_n_steps: run at a validation only when this many optimizer steps
+            have passed since the last run (``None``: every validation). In between,
+            ``trainer.callback_metrics`` keeps the last values.
+        show: rows of the example table printed with rich on rank zero (0: none).
+
+    Every run writes ``examples_step{N}.jsonl`` (index, source, reference,
+    prediction) to ``trainer.log_dir`` and sends a markdown table to loggers whose
+    ``experiment`` has ``add_text`` (TensorBoard's ``SummaryWriter``).
+
+    Under DDP rank ``r`` generates pairs ``r, r + W, ...``; the metrics' states
+    are tensors that torchmetrics gathers across ranks at ``compute``, so every
+    rank logs the corpus score of the whole subset, and the predictions are
+    gathered to rank zero for the table. A rank's noise then depends on its
+    shard, so scores differ slightly from a single-process run with the same seed.
+    """
+
+    def __init__(
+        self,
+        metric_set: str = "demo",
+        metric_options: dict | None = None,
+        num_examples: int = 32,
+        steps: int | None = None,
+        seed: int | None = None,
+        batch_size: int = 64,
+        every_n_steps: int | None = None,
+        show: int = 4,
+    ) -> None:
+        if num_examples <= 0:
+            raise ValueError(f"generation_metrics.num_examples must be positive, got {num_examples}")
+        self.metrics = TextMetrics(metric_set, **(metric_options or {}))
+        self.num_examples = num_examples
+        self.steps = steps
+        self.seed = seed
+        self.batch_size = batch_size
+        self.every_n_steps = every_n_steps
+        self.show = show
+        self._last_step: int | None = None
+
+    def _due(self, trainer: L.Trainer, batch_idx: int, dataloader_idx: int) -> bool:
+        if trainer.sanity_checking or batch_idx != 0 or dataloader_idx != 0:
+            return False
+        step = trainer.global_step
+        if self.every_n_steps and self._last_step is not None and step - self._last_step < self.every_n_steps:
+            return False
+        self._last_step = step
+        return True
+
+    def on_validation_batch_end(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch, batch_idx: int, dataloader_idx: int = 0
+    ) -> None:
+        if not self._due(trainer, batch_idx, dataloader_idx):
+            return
+        pairs = trainer.datamodule.dataset("validation").pairs[: self.num_examples]
+        indices = list(range(trainer.global_rank, len(pairs), trainer.world_size))
+        sources = [pairs[i].source for i in indices]
+        references = [pairs[i].target for i in indices]
+        with trainer.precision_plugin.forward_context():
+            predictions = pl_module.generate(sources, steps=self.steps, seed=self.seed, batch_size=self.batch_size)
+
+        self.metrics.to(pl_module.device)
+        self.metrics.reset()
+        self.metrics.update(sources=sources, predictions=predictions, references=references)
+        for name, value in self.metrics.compute().items():
+            pl_module.log(
+                f"val/{name}", value, batch_size=1, sync_dist=True, prog_bar=name == self.metrics.tracked
+            )
+
+        rows = [dict(zip(FIELDS, row)) for row in zip(indices, sources, references, predictions)]
+        if trainer.world_size > 1:
+            gathered: list = [None] * trainer.world_size
+            torch.distributed.all_gather_object(gathered, rows)
+            rows = sorted((row for part in gathered for row in part), key=lambda row: row["index"])
+        if trainer.is_global_zero:
+            self._publish(trainer, rows)
+
+    def _publish(self, trainer: L.Trainer, rows: list[dict]) -> None:
+        """Example table to the log directory, the console and table-capable loggers."""
+        step = trainer.global_step
+        directory = Path(trainer.log_dir)
+        directory.mkdir(parents=True, exist_ok=True)
+        with (directory / f"examples_step{step}.jsonl").open("w", encoding="utf-8") as out:
+            for row in rows:
+                out.write(json.dumps(row, ensure_ascii=False) + "\n")
+
+        if self.show > 0:
+            from rich.console import Console
+            from rich.table import Table
+
+            table = Table(title=f"validation examples, step {step}", show_lines=True)
+            for field in FIELDS[1:]:
+                table.add_column(field, overflow="fold")
+            for row in rows[: self.show]:
+                table.add_row(*(row[field] for field in FIELDS[1:]))
+            Console().print(table)
+
+        markdown = "| source | reference | prediction |\n|---|---|---|\n" + "\n".join(
+            "| " + " | ".join(_escape(row[field]) for field in FIELDS[1:]) + " |" for row in rows
+        )
+        for logger in trainer.loggers:
+            if hasattr(logger.experiment, "add_text"):
+                logger.experiment.add_text("val/examples", markdown, step)
+
+
+def _escape(text: str) -> str:
+    """Keep a text inside its markdown table cell (and show empty generations as such)."""
+    return text.replace("|", "\\|").replace("\n", " ") or "*(empty)*"

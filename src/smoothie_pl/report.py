@@ -1,0 +1,75 @@
+"""Score a predictions file and show examples: ``python -m smoothie_pl.report predictions.jsonl``.
+
+Prints corpus SacreBLEU (13a, 0-100) of the predictions against the raw
+references, the same score for copying the source (the floor a seq2seq model
+has to beat on near-copy tasks), and a table of examples.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+from smoothie_pl.metrics import SacreBLEU
+
+REQUIRED_FIELDS = ("source", "reference", "prediction")
+
+
+def read_predictions(path: str | Path) -> list[dict]:
+    records = []
+    with Path(path).open(encoding="utf-8") as lines:
+        for number, line in enumerate(lines, start=1):
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise ValueError(f"{path}:{number}: malformed JSON ({err.msg})") from None
+            missing = [field for field in REQUIRED_FIELDS if field not in record]
+            if missing:
+                raise ValueError(f"{path}:{number}: missing field(s) {', '.join(missing)}")
+            records.append(record)
+    if not records:
+        raise ValueError(f"{path} holds no predictions")
+    return records
+
+
+def corpus_sacrebleu(hypotheses: list[str], references: list[str]) -> float:
+    metric = SacreBLEU()
+    metric.update(hypotheses, references)
+    return float(metric.compute())
+
+
+def report(path: str | Path, examples: int = 8, console: Console | None = None) -> dict[str, float]:
+    records = read_predictions(path)
+    references = [record["reference"] for record in records]
+    scores = {
+        "sacrebleu": corpus_sacrebleu([record["prediction"] for record in records], references),
+        "copy_source_sacrebleu": corpus_sacrebleu([record["source"] for record in records], references),
+    }
+    console = console or Console()
+    table = Table(title=f"{min(examples, len(records))} of {len(records)} predictions ({path})", show_lines=True)
+    for column in ("source", "reference", "prediction"):
+        table.add_column(column, overflow="fold")
+    for record in records[:examples]:
+        table.add_row(record["source"], record["reference"], record["prediction"])
+    console.print(table)
+    console.print(
+        f"SacreBLEU (13a) over {len(records)} pairs: [bold]{scores['sacrebleu']:.2f}[/bold]   "
+        f"copying the source scores {scores['copy_source_sacrebleu']:.2f}"
+    )
+    return scores
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("predictions", help="jsonl written by `smoothie predict`")
+    parser.add_argument("--examples", type=int, default=8, help="rows of the example table")
+    arguments = parser.parse_args()
+    report(arguments.predictions, arguments.examples)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,61 @@
+"""End to end through the `smoothie` console script, and every shipped yaml instantiates."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from smoothie_pl.cli import build_cli
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = ROOT / "tests" / "configs" / "tiny.yaml"
+SMOOTHIE = Path(sys.executable).with_name("smoothie")
+
+
+def smoothie(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [str(SMOOTHIE), *args, "--config", str(TINY), "--trainer.default_root_dir", "run"],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONWARNINGS": "ignore"},
+    )
+
+
+@pytest.mark.slow
+def test_fit_test_predict_end_to_end(tmp_path):
+    fit = smoothie("fit", cwd=tmp_path)
+    assert fit.returncode == 0, fit.stderr[-3000:]
+    checkpoint = tmp_path / "run/lightning_logs/version_0/checkpoints/last.ckpt"
+    assert checkpoint.is_file()
+
+    test = smoothie("test", "--ckpt_path", str(checkpoint), cwd=tmp_path)
+    assert test.returncode == 0, test.stderr[-3000:]
+    assert "test/sacrebleu" in test.stdout
+
+    predict = smoothie("predict", "--ckpt_path", str(checkpoint), cwd=tmp_path)
+    assert predict.returncode == 0, predict.stderr[-3000:]
+    lines = (tmp_path / "run/predictions.jsonl").read_text().splitlines()
+    records = [json.loads(line) for line in lines]
+    # tiny.yaml predicts one batch of 4 from the Bible test split.
+    assert [record["index"] for record in records] == [0, 1, 2, 3]
+    assert all(set(record) == {"index", "source", "reference", "prediction"} for record in records)
+    test_split = [json.loads(line) for line in (tmp_path / "data/bible/test.jsonl").read_text().splitlines()]
+    assert [record["reference"] for record in records] == [pair["trg"] for pair in test_split[:4]]
+
+
+@pytest.mark.parametrize("config", sorted((ROOT / "lightning_configs").glob("*.yaml")), ids=lambda path: path.name)
+def test_every_shipped_config_instantiates(config, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    cli = build_cli(["--config", str(config), "--trainer.logger=false"], run=False)
+    assert cli.model.hparams.target_length == cli.datamodule.target_length
+
+
+def test_unknown_config_key_is_refused(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit):
+        build_cli(["--config", str(TINY), "--model.not_a_key", "1"], run=False)
+    assert "not_a_key" in capsys.readouterr().err

@@ -87,3 +87,40 @@ def test_tiny_model_overfits_eight_pairs_and_regenerates_them(word_model, pairs_
     trainer.fit(module, datamodule=data)
     generated = module.generate([source for source, _ in PAIRS], seed=0)
     assert generated == [target for _, target in PAIRS]
+
+
+def test_rotary_attention_scores_depend_only_on_the_offset():
+    from smoothie_pl.models.layers import rotate
+
+    torch.manual_seed(0)
+    q, k = torch.randn(1, 1, 1, 8), torch.randn(1, 1, 1, 8)
+    queries, keys = rotate(q.expand(1, 1, 6, 8).contiguous()), rotate(k.expand(1, 1, 6, 8).contiguous())
+    scores = (queries @ keys.transpose(-1, -2))[0, 0]
+    # Same offset i - j, same score; position 0 is not rotated at all.
+    assert torch.allclose(scores.diagonal(1), scores[0, 1].expand(5), atol=1e-5)
+    assert torch.allclose(scores.diagonal(-2), scores[2, 0].expand(4), atol=1e-5)
+    assert torch.allclose(queries[0, 0, 0], q[0, 0, 0])
+
+
+def test_self_conditioning_feeds_the_first_prediction_back(word_model, pairs_dir, monkeypatch):
+    module = tiny_module(word_model, denoiser=DenoiserConfig(**{**TINY.__dict__, "self_conditioning": True}))
+    data = pairs_data(pairs_dir, word_model, batch_size=8)
+    data.setup("fit")
+    batch = next(iter(data.train_dataloader()))
+    calls = []
+    forward = module.denoiser.forward
+
+    def recording_forward(*args, **kwargs):
+        output = forward(*args, **kwargs)
+        calls.append((args[4] if len(args) > 4 else kwargs.get("previous"), output))
+        return output
+
+    monkeypatch.setattr(module.denoiser, "forward", recording_forward)
+    for seed in range(8):  # the second pass happens with probability 0.5 per batch
+        calls.clear()
+        module.diffusion_loss(batch, torch.Generator().manual_seed(seed))
+        if len(calls) == 2:
+            break
+    assert len(calls) == 2
+    assert calls[0][0] is None
+    assert torch.equal(calls[1][0], calls[0][1].float())

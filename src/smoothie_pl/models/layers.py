@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -14,12 +15,18 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 CPU_ATTENTION_BACKENDS = [SDPBackend.MATH]
 
 
-def rotate(x: torch.Tensor, base: float = 10_000.0) -> torch.Tensor:
+@functools.lru_cache(maxsize=32)
+def rotary_tables(length: int, half: int, device: torch.device, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos and sin of position * frequency, ``[length, half]``; cached because every block asks for the same."""
+    frequencies = 10_000.0 ** (-torch.arange(half, device=device, dtype=torch.float32) / half)
+    angles = torch.arange(length, device=device, dtype=torch.float32)[:, None] * frequencies
+    return angles.cos().to(dtype), angles.sin().to(dtype)
+
+
+def rotate(x: torch.Tensor) -> torch.Tensor:
     """Rotary position embedding of ``x [B, heads, length, head_dim]`` by position along ``length``."""
     half = x.shape[-1] // 2
-    frequencies = base ** (-torch.arange(half, device=x.device, dtype=torch.float32) / half)
-    angles = torch.arange(x.shape[-2], device=x.device, dtype=torch.float32)[:, None] * frequencies
-    cos, sin = angles.cos().to(x.dtype), angles.sin().to(x.dtype)
+    cos, sin = rotary_tables(x.shape[-2], half, x.device, x.dtype)
     first, second = x[..., :half], x[..., half : 2 * half]
     rotated = torch.cat([first * cos - second * sin, first * sin + second * cos], dim=-1)
     return torch.cat([rotated, x[..., 2 * half :]], dim=-1)

@@ -5,7 +5,10 @@ VENV ?= .venv
 PYTHON ?= python3
 PY := $(VENV)/bin/python
 TORCH_VERSION ?= 2.13.0
-DEMO_DIR ?= runs/demo-$(shell date +%Y%m%d-%H%M%S)
+# Evaluated once (:=), so fit and predict agree on the folder.
+ifndef DEMO_DIR
+DEMO_DIR := runs/demo-$(shell date +%Y%m%d-%H%M%S)
+endif
 
 export HF_HUB_OFFLINE := 1
 export HF_DATASETS_OFFLINE := 1

@@ -136,7 +136,7 @@ class Diagnostics(Callback):
         return True
 
     def on_validation_batch_end(
-        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch: dict, batch_idx: int, dataloader_idx: int = 0
+        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch, batch_idx: int, dataloader_idx: int = 0
     ) -> None:
         if not self._due(trainer, batch_idx, dataloader_idx):
             return
@@ -148,8 +148,9 @@ class Diagnostics(Callback):
             for t, value in zip(self.times, curve):
                 # sync_dist is a no-op average of equal values; it keeps Lightning's DDP warning quiet.
                 pl_module.log(f"diag/{name}_t{t:.2f}", value, batch_size=1, sync_dist=True)
+        directory = Path(trainer.log_dir) / "diagnostics"  # a broadcast: every rank must ask
         if self.plot and trainer.is_global_zero:
-            self._save_plot(trainer, curves)
+            self._save_plot(trainer, directory, curves)
 
     def measure(self, pl_module: L.LightningModule, batch: dict, t: float) -> torch.Tensor:
         """``[mse, accuracy, p_true]`` of the batch at time ``t``."""
@@ -186,7 +187,7 @@ class Diagnostics(Callback):
         p_true = log_probs.view(size, length).exp()[scored].mean()
         return torch.stack([mse, accuracy, p_true]).float()
 
-    def _save_plot(self, trainer: L.Trainer, curves: dict[str, list[float]]) -> None:
+    def _save_plot(self, trainer: L.Trainer, directory: Path, curves: dict[str, list[float]]) -> None:
         """One panel per quantity (their scales differ; ``p_true`` spans orders of magnitude, so log y)."""
         from matplotlib.backends.backend_agg import FigureCanvasAgg
         from matplotlib.figure import Figure
@@ -203,7 +204,6 @@ class Diagnostics(Callback):
                 axis.set_yscale("log")
         figure.suptitle(f"step {trainer.global_step}")
 
-        directory = Path(trainer.log_dir) / "diagnostics"
         directory.mkdir(parents=True, exist_ok=True)
         figure.savefig(directory / f"step{trainer.global_step}.png", dpi=100)
         with (directory / f"step{trainer.global_step}.json").open("w") as out:

@@ -74,6 +74,14 @@ class GenerationMetrics(Callback):
         self.show = show
         self._last_step: int | None = None
 
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        """Fail before training, not at the first validation, when there is no split to read pairs from."""
+        if stage in ("fit", "validate") and not hasattr(trainer.datamodule, "dataset"):
+            raise ValueError(
+                "GenerationMetrics reads its pairs from `trainer.datamodule.dataset('validation')`: "
+                "pass a Seq2SeqDataModule (e.g. JsonlDataModule) as the datamodule"
+            )
+
     def _due(self, trainer: L.Trainer, batch_idx: int, dataloader_idx: int) -> bool:
         if trainer.sanity_checking or batch_idx != 0 or dataloader_idx != 0:
             return False
@@ -108,13 +116,13 @@ class GenerationMetrics(Callback):
             gathered: list = [None] * trainer.world_size
             torch.distributed.all_gather_object(gathered, rows)
             rows = sorted((row for part in gathered for row in part), key=lambda row: row["index"])
+        directory = Path(trainer.log_dir)  # a broadcast: every rank must ask
         if trainer.is_global_zero:
-            self._publish(trainer, rows)
+            self._publish(trainer, directory, rows)
 
-    def _publish(self, trainer: L.Trainer, rows: list[dict]) -> None:
+    def _publish(self, trainer: L.Trainer, directory: Path, rows: list[dict]) -> None:
         """Example table to the log directory, the console and table-capable loggers."""
         step = trainer.global_step
-        directory = Path(trainer.log_dir)
         directory.mkdir(parents=True, exist_ok=True)
         with (directory / f"examples_step{step}.jsonl").open("w", encoding="utf-8") as out:
             for row in rows:

@@ -1,0 +1,178 @@
+"""The shared seq2seq DataModule: tokenisation, padding and batching (METHOD section 8).
+
+Targets are tokenised without special tokens and padded to ``target_length``
+with the pad token (padding is how the model learns length); sources keep the
+tokenizer's special tokens and are padded to the longest in the batch, at most
+``source_length``. Raw strings travel with every batch so that metrics are
+computed against the untouched references.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import lightning as L
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from smoothie_pl.embeddings import load_tokenizer
+
+SPLITS = ("train", "validation", "test")
+
+
+@dataclass(frozen=True)
+class Pair:
+    source: str
+    target: str
+
+
+class TokenizedPairs(Dataset):
+    """Pairs with their token ids; item ``i`` remembers its index for prediction writing."""
+
+    def __init__(self, pairs: list[Pair], tokenizer, target_length: int, source_length: int) -> None:
+        self.pairs = pairs
+        sources = [pair.source for pair in pairs]
+        targets = [pair.target for pair in pairs]
+        self.source_ids = tokenizer(sources, truncation=True, max_length=source_length)["input_ids"] if pairs else []
+        self.target_ids = (
+            tokenizer(targets, add_special_tokens=False, truncation=True, max_length=target_length)["input_ids"]
+            if pairs
+            else []
+        )
+
+    def __len__(self) -> int:
+        return len(self.pairs)
+
+    def __getitem__(self, index: int) -> dict:
+        return {
+            "index": index,
+            "source_ids": self.source_ids[index],
+            "target_ids": self.target_ids[index],
+            "source": self.pairs[index].source,
+            "reference": self.pairs[index].target,
+        }
+
+
+class PairCollator:
+    """Pads targets to the fixed length and sources to the longest source of the batch."""
+
+    def __init__(self, pad_id: int, target_length: int) -> None:
+        self.pad_id = pad_id
+        self.target_length = target_length
+
+    def __call__(self, items: list[dict]) -> dict:
+        batch = len(items)
+        targets = torch.full((batch, self.target_length), self.pad_id, dtype=torch.long)
+        source_width = max(1, max(len(item["source_ids"]) for item in items))
+        sources = torch.full((batch, source_width), self.pad_id, dtype=torch.long)
+        source_mask = torch.zeros(batch, source_width, dtype=torch.bool)
+        for row, item in enumerate(items):
+            targets[row, : len(item["target_ids"])] = torch.tensor(item["target_ids"], dtype=torch.long)
+            sources[row, : len(item["source_ids"])] = torch.tensor(item["source_ids"], dtype=torch.long)
+            source_mask[row, : len(item["source_ids"])] = True
+        return {
+            "index": torch.tensor([item["index"] for item in items]),
+            "target_ids": targets,
+            "source_ids": sources,
+            "source_mask": source_mask,
+            "source": [item["source"] for item in items],
+            "reference": [item["reference"] for item in items],
+        }
+
+
+class Seq2SeqDataModule(L.LightningDataModule):
+    """Base of every task: subclasses only say how to read a split into ``Pair`` objects.
+
+    Args:
+        tokenizer: Hugging Face name or local path (linked to ``model.embedding``
+            by the CLI); ``None`` is the packaged offline MiniLM.
+        target_length, source_length: ``L`` and ``Lc`` (linked from the model).
+        restrict_vocabulary: diffuse only over the tokens of the training split
+            (plus special tokens); see ``vocabulary``.
+        predict_split: the split that ``predict`` generates for.
+    """
+
+    def __init__(
+        self,
+        tokenizer: str | None = None,
+        target_length: int = 64,
+        source_length: int = 64,
+        batch_size: int = 32,
+        eval_batch_size: int | None = None,
+        num_workers: int = 0,
+        restrict_vocabulary: bool = False,
+        predict_split: str = "test",
+    ) -> None:
+        super().__init__()
+        for name, value in (("target_length", target_length), ("source_length", source_length), ("batch_size", batch_size)):
+            if value <= 0:
+                raise ValueError(f"data.{name} must be a positive integer, got {value}")
+        if predict_split not in SPLITS:
+            raise ValueError(f"data.predict_split must be one of {SPLITS}, got {predict_split!r}")
+        self.tokenizer_name = tokenizer
+        self.target_length = target_length
+        self.source_length = source_length
+        self.batch_size = batch_size
+        self.eval_batch_size = eval_batch_size or batch_size
+        self.num_workers = num_workers
+        self.restrict_vocabulary = restrict_vocabulary
+        self.predict_split = predict_split
+        self.datasets: dict[str, TokenizedPairs] = {}
+
+    def read_split(self, split: str) -> list[Pair]:
+        """Every pair of ``split`` (one of ``SPLITS``)."""
+        raise NotImplementedError
+
+    @property
+    def tokenizer(self):
+        return load_tokenizer(self.tokenizer_name)
+
+    def dataset(self, split: str) -> TokenizedPairs:
+        if split not in self.datasets:
+            pairs = self.read_split(split)
+            if not pairs:
+                raise ValueError(f"the {split} split of {type(self).__name__} is empty")
+            self.datasets[split] = TokenizedPairs(pairs, self.tokenizer, self.target_length, self.source_length)
+        return self.datasets[split]
+
+    def vocabulary(self) -> list[int] | None:
+        """Token ids the diffusion runs over: ``None`` (all) unless ``restrict_vocabulary``.
+
+        The restricted set is every token of the training split's sources and
+        targets plus the special tokens; decoding stays exact over these rows.
+        """
+        if not self.restrict_vocabulary:
+            return None
+        self.prepare_data()
+        train = self.dataset("train")
+        ids = set(self.tokenizer.all_special_ids)
+        for sequence in (*train.source_ids, *train.target_ids):
+            ids.update(sequence)
+        return sorted(ids)
+
+    def setup(self, stage: str) -> None:
+        needed = {"fit": ("train", "validation"), "validate": ("validation",), "test": ("test",)}
+        for split in needed.get(stage, (self.predict_split,)):
+            self.dataset(split)
+
+    def _loader(self, split: str, shuffle: bool) -> DataLoader:
+        return DataLoader(
+            self.dataset(split),
+            batch_size=self.batch_size if shuffle else self.eval_batch_size,
+            shuffle=shuffle,
+            drop_last=shuffle,
+            num_workers=self.num_workers,
+            collate_fn=PairCollator(self.tokenizer.pad_token_id, self.target_length),
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("validation", shuffle=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test", shuffle=False)
+
+    def predict_dataloader(self) -> DataLoader:
+        return self._loader(self.predict_split, shuffle=False)

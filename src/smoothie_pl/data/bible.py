@@ -1,0 +1,82 @@
+"""The bundled demo task: King James Version -> World English Bible, verse by verse.
+
+Both texts ship with the ``pythonbible`` package (public domain), so the task
+needs no network: 31,099 archaic -> modern English pairs, split once with a
+fixed seed into 500 validation, 500 test and the rest for training, and cached
+as jsonl files.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import re
+from pathlib import Path
+
+from smoothie_pl.data.jsonl import JsonlDataModule
+
+_BRACKETS = re.compile(r"[\[\]]")
+_APOSTROPHES = re.compile("[`’]")
+
+
+def clean_verse(text: str) -> str:
+    """Drop the editors' brackets (KJV italics) and unify apostrophes (WEB writes a backtick)."""
+    return " ".join(_APOSTROPHES.sub("'", _BRACKETS.sub("", text)).split())
+
+
+def bible_pairs() -> list[dict]:
+    """Every verse present in both translations, in canonical order."""
+    try:
+        import pythonbible as bible
+    except ImportError as err:
+        raise ImportError("the Bible demo task needs `pip install 'pythonbible[kjv,web]'`") from err
+    kjv = bible.get_bible(bible.Version.KING_JAMES, "plain_text_readers")
+    web = bible.get_bible(bible.Version.WORLD_ENGLISH, "plain_text_readers")
+    pairs = []
+    for verse in sorted(set(kjv.get_verse_ids()) & set(web.get_verse_ids())):
+        source, target = clean_verse(kjv.get_scripture(verse, verse)), clean_verse(web.get_scripture(verse, verse))
+        if source and target:
+            pairs.append({"verse": verse, "src": source, "trg": target})
+    return pairs
+
+
+def write_jsonl_atomically(path: Path, records: list[dict]) -> None:
+    temporary = path.with_suffix(path.suffix + f".tmp{os.getpid()}")
+    with temporary.open("w", encoding="utf-8") as out:
+        for record in records:
+            out.write(json.dumps(record, ensure_ascii=False) + "\n")
+    os.replace(temporary, path)
+
+
+class BibleDataModule(JsonlDataModule):
+    """KJV -> WEB verse pairs, prepared into ``data_dir`` on first use."""
+
+    def __init__(
+        self, data_dir: str = "data/bible", validation_size: int = 500, test_size: int = 500, split_seed: int = 0, **kwargs
+    ) -> None:
+        self.data_dir = Path(data_dir)
+        super().__init__(
+            train_file=str(self.data_dir / "train.jsonl"),
+            validation_file=str(self.data_dir / "validation.jsonl"),
+            test_file=str(self.data_dir / "test.jsonl"),
+            **kwargs,
+        )
+        self.validation_size = validation_size
+        self.test_size = test_size
+        self.split_seed = split_seed
+
+    def prepare_data(self) -> None:
+        if all(Path(file).is_file() for file in self.files.values()):
+            return
+        pairs = bible_pairs()
+        random.Random(self.split_seed).shuffle(pairs)
+        held_out = self.validation_size + self.test_size
+        splits = {
+            "validation": pairs[: self.validation_size],
+            "test": pairs[self.validation_size : held_out],
+            "train": pairs[held_out:],
+        }
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        for split, records in splits.items():
+            write_jsonl_atomically(Path(self.files[split]), records)

@@ -151,10 +151,11 @@ def test_diagnostics_curves_plot_and_gating(fitted):
 
 
 def test_generation_metrics_needs_a_seq2seq_datamodule(word_model, pairs_dir, tmp_path):
-    loader = pairs_data(pairs_dir, word_model).val_dataloader
-    trainer = L.Trainer(accelerator="cpu", max_steps=1, logger=False, callbacks=[GenerationMetrics()], default_root_dir=tmp_path)
+    data = pairs_data(pairs_dir, word_model)
+    data.setup("validate")
+    trainer = L.Trainer(accelerator="cpu", logger=False, callbacks=[GenerationMetrics()], default_root_dir=tmp_path)
     with pytest.raises(ValueError, match="Seq2SeqDataModule"):
-        trainer.validate(tiny_module(word_model), dataloaders=loader)
+        trainer.validate(tiny_module(word_model), dataloaders=data.val_dataloader())
 
 
 def naive_log_probs(query, embeddings, rows, mu, std, sigma0, seed, chunk_size):

@@ -8,10 +8,10 @@ from typing import Any
 import lightning as L
 import torch
 import torch.nn.functional as F
-from torchmetrics.text import SacreBLEUScore
 
 from smoothie_pl.diffusion import ArctanSchedule, SmoothieSpace, build_sampler
 from smoothie_pl.embeddings import load_embedding_matrix, load_tokenizer, resolve_embedding_source
+from smoothie_pl.metrics import SacreBLEU
 from smoothie_pl.models import DenoiserConfig, PretrainedSourceEncoder, SourceEncoder, UShapedDenoiser
 from smoothie_pl.text import ids_to_text
 
@@ -104,8 +104,8 @@ class SmoothieModule(L.LightningModule):
             )
         else:
             self.source_encoder = None
-        self.test_sacrebleu = SacreBLEUScore(tokenize="13a")
-        self.test_copy_sacrebleu = SacreBLEUScore(tokenize="13a")
+        self.test_sacrebleu = SacreBLEU()
+        self.test_copy_sacrebleu = SacreBLEU()
         self._train_generator: torch.Generator | None = None
 
     # ----------------------------------------------------------------- parts
@@ -217,8 +217,8 @@ class SmoothieModule(L.LightningModule):
 
     def test_step(self, batch: dict, batch_idx: int) -> None:
         predictions = self._generate_batch(batch)
-        self.test_sacrebleu.update(predictions, [[ref] for ref in batch["reference"]])
-        self.test_copy_sacrebleu.update(batch["source"], [[ref] for ref in batch["reference"]])
+        self.test_sacrebleu.update(predictions, batch["reference"])
+        self.test_copy_sacrebleu.update(batch["source"], batch["reference"])
         size = len(predictions)
         self.log("test/sacrebleu", self.test_sacrebleu, batch_size=size)
         self.log("test/copy_source_sacrebleu", self.test_copy_sacrebleu, batch_size=size)

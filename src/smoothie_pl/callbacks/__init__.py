@@ -1,6 +1,8 @@
-"""Callbacks: EMA weights with warm-up, the jsonl prediction writer."""
+"""Callbacks: EMA weights with warm-up, jsonl prediction writer, generation metrics, diagnostics."""
 
+from smoothie_pl.callbacks.diagnostics import Diagnostics
 from smoothie_pl.callbacks.ema import SmoothieEMA
+from smoothie_pl.callbacks.generation_metrics import GenerationMetrics
 from smoothie_pl.callbacks.prediction_writer import JsonlPredictionWriter
 
-__all__ = ["JsonlPredictionWriter", "SmoothieEMA"]
+__all__ = ["Diagnostics", "GenerationMetrics", "JsonlPredictionWriter", "SmoothieEMA"]

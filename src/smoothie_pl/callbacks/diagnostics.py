@@ -200,6 +200,8 @@ class Diagnostics(Callback):
             axis.set_title(titles[name])
             axis.set_xlabel("t")
             axis.grid(alpha=0.3)
+            if name == "acc":
+                axis.set_ylim(-0.02, 1.02)
             if name == "p_true" and all(math.isfinite(v) and v > 0 for v in curve):
                 axis.set_yscale("log")
         figure.suptitle(f"step {trainer.global_step}")

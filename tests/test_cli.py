@@ -34,15 +34,20 @@ def test_fit_test_predict_end_to_end(tmp_path):
 
     test = smoothie("test", "--ckpt_path", str(checkpoint), cwd=tmp_path)
     assert test.returncode == 0, test.stderr[-3000:]
-    assert "test/sacrebleu" in test.stdout
+    for metric in ("sacrebleu", "bleu", "rougeL", "div4", "copy_source_sacrebleu"):  # the "demo" set
+        assert f"test/{metric}" in test.stdout
 
-    predict = smoothie("predict", "--ckpt_path", str(checkpoint), cwd=tmp_path)
+    predict = smoothie(
+        "predict", "--ckpt_path", str(checkpoint), "--model.mbr_candidates", "2", "--model.predict_candidates", "true",
+        cwd=tmp_path,
+    )
     assert predict.returncode == 0, predict.stderr[-3000:]
     lines = (tmp_path / "run/predictions.jsonl").read_text().splitlines()
     records = [json.loads(line) for line in lines]
     # tiny.yaml predicts one batch of 4 from the Bible test split.
     assert [record["index"] for record in records] == [0, 1, 2, 3]
-    assert all(set(record) == {"index", "source", "reference", "prediction"} for record in records)
+    assert all(set(record) == {"index", "source", "reference", "prediction", "candidates"} for record in records)
+    assert all(len(record["candidates"]) == 2 and record["prediction"] in record["candidates"] for record in records)
     test_split = [json.loads(line) for line in (tmp_path / "data/bible/test.jsonl").read_text().splitlines()]
     assert [record["reference"] for record in records] == [pair["trg"] for pair in test_split[:4]]
 

@@ -52,3 +52,13 @@ def test_text_is_cut_at_the_end_token_and_special_tokens_dropped(word_model):
     tokenizer = load_tokenizer(word_model)
     ids = tokenizer.convert_tokens_to_ids(["[CLS]", "the", "[PAD]", "cat", "sat", "[SEP]", "on", "mat"])
     assert ids_to_text(tokenizer, ids) == "the cat sat"
+
+
+def test_recasing_takes_names_from_the_source_and_capitalises_the_start():
+    from smoothie_pl.text import recase_from_source
+
+    source = "And the LORD spake unto Moses. And Moses went up to Sinai."
+    # "And" opens sentences in the source, so it is not a name; LORD, Moses and Sinai are.
+    assert recase_from_source("and the lord said to moses and sinai", source) == "And the LORD said to Moses and Sinai"
+    assert recase_from_source("", source) == ""
+    assert recase_from_source("judah's king", "Judah's king rose") == "Judah's king"

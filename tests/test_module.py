@@ -124,3 +124,21 @@ def test_self_conditioning_feeds_the_first_prediction_back(word_model, pairs_dir
     assert len(calls) == 2
     assert calls[0][0] is None
     assert torch.equal(calls[1][0], calls[0][1].float())
+
+
+def test_mbr_candidates_are_seeded_per_candidate_and_the_choice_is_one_of_them(word_model):
+    module = tiny_module(word_model, mbr_candidates=3)
+    encoded = module.tokenizer([source for source, _ in PAIRS[:4]], padding=True, return_tensors="pt")
+    ids, mask = encoded["input_ids"], encoded["attention_mask"].bool()
+    chosen, candidates = module.generate_candidates(ids, mask, seed=5, offset=0, steps=3)
+    single, _ = module.generate_candidates(ids, mask, seed=5, offset=0, steps=3, candidates=1)
+    assert [len(texts) for texts in candidates] == [3, 3, 3, 3]
+    assert [texts[0] for texts in candidates] == single  # candidate 0 does not depend on k
+    assert all(text in texts for text, texts in zip(chosen, candidates))
+
+
+def test_impossible_module_values_are_refused(word_model):
+    with pytest.raises(ValueError, match="mbr_candidates"):
+        tiny_module(word_model, mbr_candidates=0)
+    with pytest.raises(ValueError, match="vocab_dtype"):
+        tiny_module(word_model, vocab_dtype="int8")

@@ -12,6 +12,23 @@ from smoothie_pl.data import Seq2SeqDataModule
 from smoothie_pl.module import SmoothieModule
 
 
+# Settings of sampling and evaluation: at test/predict time they come from the
+# current config and command line, while everything else (the architecture)
+# comes from the checkpoint given by --ckpt_path.
+GENERATION_OPTIONS = (
+    "sampler",
+    "sampling_steps",
+    "sampling_noise_scale",
+    "metric_set",
+    "metric_options",
+    "mbr_candidates",
+    "mbr_utility",
+    "predict_candidates",
+    "recase",
+    "seed",
+)
+
+
 def data_vocabulary(data: Seq2SeqDataModule) -> list[int] | None:
     return data.vocabulary()
 
@@ -26,6 +43,17 @@ class SmoothieCLI(LightningCLI):
         parser.link_arguments("model.target_length", "data.init_args.target_length")
         parser.link_arguments("model.source_length", "data.init_args.source_length")
         parser.link_arguments("data", "model.vocabulary", compute_fn=data_vocabulary, apply_on="instantiate")
+
+    def _parse_ckpt_path(self) -> None:
+        """Lightning replaces the model's arguments with the checkpoint's; keep the generation options asked for now."""
+        subcommand = self.config.get("subcommand")
+        if not subcommand:
+            return super()._parse_ckpt_path()
+        keys = [f"{subcommand}.model.{option}" for option in GENERATION_OPTIONS]
+        requested = {key: self.config[key] for key in keys}
+        super()._parse_ckpt_path()
+        for key, value in requested.items():
+            self.config[key] = value
 
     def instantiate_trainer(self, **kwargs):
         """Use a Rich progress bar unless the config disables progress bars or brings its own."""

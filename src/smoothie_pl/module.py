@@ -11,9 +11,9 @@ import torch.nn.functional as F
 
 from smoothie_pl.diffusion import ArctanSchedule, SmoothieSpace, build_sampler
 from smoothie_pl.embeddings import load_embedding_matrix, load_tokenizer, resolve_embedding_source
-from smoothie_pl.metrics import SacreBLEU
+from smoothie_pl.metrics import SacreBLEU, TextMetrics, mbr_select
 from smoothie_pl.models import DenoiserConfig, PretrainedSourceEncoder, SourceEncoder, UShapedDenoiser
-from smoothie_pl.text import ids_to_text
+from smoothie_pl.text import ids_to_text, recase_from_source
 
 T_TRAIN_MIN = 1e-5
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -54,6 +54,15 @@ class SmoothieModule(L.LightningModule):
         vocab_chunk_size, vocab_dtype: chunk of vocabulary rows per streaming
             step and the dtype of its matmuls (``"bfloat16"`` is 3-5x faster on
             CPUs with AMX/AVX512-BF16 and on GPUs).
+        metric_set: metrics reported by ``test`` (``smoothie_pl.metrics.METRIC_SETS``:
+            demo, paraphrase, summarization, simplification, translation,
+            unconditional), tracked metric first; ``metric_options`` passes e.g.
+            ``bertscore_model`` or ``bleu_tokenizer``.
+        mbr_candidates, mbr_utility: samples per source and the utility ("bleu" or
+            "rougeL") for Minimum Bayes Risk selection in test, predict and generate.
+        predict_candidates: also write every MBR candidate in predictions.
+        recase: restore capitals an uncased vocabulary (e.g. MiniLM's) loses,
+            taking names' spelling from the source (``text.recase_from_source``).
         seed: seed of the diffusion noise; each rank and batch derives its own stream.
     """
 
@@ -77,12 +86,20 @@ class SmoothieModule(L.LightningModule):
         warmup_start_lr: float = 1e-8,
         vocab_chunk_size: int = 4096,
         vocab_dtype: str = "float32",
+        metric_set: str = "demo",
+        metric_options: dict | None = None,
+        mbr_candidates: int = 1,
+        mbr_utility: str = "bleu",
+        predict_candidates: bool = False,
+        recase: bool = False,
         seed: int = 0,
     ) -> None:
         super().__init__()
         denoiser, schedule = _as(DenoiserConfig, denoiser), _as(ArctanSchedule, schedule)
         if target_length <= 0 or source_length <= 0:
             raise ValueError(f"target_length and source_length must be positive, got {target_length}, {source_length}")
+        if mbr_candidates < 1:
+            raise ValueError(f"mbr_candidates must be at least 1, got {mbr_candidates}")
         if vocab_dtype not in DTYPES:
             raise ValueError(f"vocab_dtype must be one of {sorted(DTYPES)}, got {vocab_dtype!r}")
         self.save_hyperparameters(ignore=["vocabulary", "denoiser", "schedule"])
@@ -104,7 +121,7 @@ class SmoothieModule(L.LightningModule):
             )
         else:
             self.source_encoder = None
-        self.test_sacrebleu = SacreBLEU()
+        self.test_metrics = TextMetrics(metric_set, **(metric_options or {}))
         self.test_copy_sacrebleu = SacreBLEU()
         self._train_generator: torch.Generator | None = None
 
@@ -172,32 +189,72 @@ class SmoothieModule(L.LightningModule):
         token_ids = self.vocabulary[self.space.decode(embeddings)]
         return [ids_to_text(self.tokenizer, row) for row in token_ids.tolist()]
 
-    def _generate_batch(self, batch: dict, steps: int | None = None) -> list[str]:
-        generator = seeded_generator(self.device, self.hparams.seed, int(batch["index"][0]))
-        return self.decode(self.sample_embeddings(batch["source_ids"], batch["source_mask"], generator, steps))
+    def generate_candidates(
+        self,
+        source_ids: torch.Tensor,
+        source_mask: torch.Tensor,
+        seed: int,
+        offset: int,
+        steps: int | None = None,
+        candidates: int | None = None,
+        sources: list[str] | None = None,
+    ) -> tuple[list[str], list[list[str]]]:
+        """MBR-chosen texts and all ``candidates`` samples per source (``[B][k]``).
+
+        Candidate ``c`` of the batch starting at dataset position ``offset`` draws
+        its noise from ``(seed, offset, c)``, so results do not depend on the rank
+        or on how many candidates were asked for before it. ``sources`` (the raw
+        strings) are needed only when ``recase`` is on.
+        """
+        k = candidates or self.hparams.mbr_candidates
+        samples = []
+        for c in range(k):
+            generator = seeded_generator(self.device, seed, offset, c)
+            samples.append(self.decode(self.sample_embeddings(source_ids, source_mask, generator, steps)))
+        per_source = [list(texts) for texts in zip(*samples)]
+        if self.hparams.recase:
+            per_source = [[recase_from_source(text, src) for text in texts] for texts, src in zip(per_source, sources)]
+        if k == 1:
+            return [texts[0] for texts in per_source], per_source
+        chosen = mbr_select(per_source, self.hparams.mbr_utility)
+        return [texts[i] for texts, i in zip(per_source, chosen)], per_source
+
+    def _generate_batch(self, batch: dict) -> tuple[list[str], list[list[str]]]:
+        return self.generate_candidates(
+            batch["source_ids"], batch["source_mask"], self.hparams.seed, int(batch["index"][0]), sources=batch["source"]
+        )
 
     @torch.no_grad()
     def generate(
-        self, sources: list[str], steps: int | None = None, seed: int | None = None, batch_size: int = 64
+        self,
+        sources: list[str],
+        steps: int | None = None,
+        seed: int | None = None,
+        batch_size: int = 64,
+        candidates: int | None = None,
     ) -> list[str]:
-        """Generate one target per source string; the same seed gives the same texts."""
+        """Generate one target per source string; the same seed gives the same texts.
+
+        With ``candidates`` (default ``mbr_candidates``) above 1, that many samples
+        are drawn per source and the MBR choice among them is returned.
+        """
         if isinstance(sources, str):
             raise TypeError("generate expects a list of source strings, got a single string")
         was_training = self.training
         self.eval()
-        tokenizer = self.tokenizer
         seed = self.hparams.seed if seed is None else seed
         outputs = []
         for start in range(0, len(sources), batch_size):
             chunk = sources[start : start + batch_size]
-            encoded = tokenizer(
-                chunk, truncation=True, max_length=self.hparams.source_length, padding=True, return_tensors="pt"
+            encoded = self.tokenizer(
+                chunk,
+                truncation=True,
+                max_length=self.hparams.source_length,
+                padding=True,
+                return_tensors="pt",
             )
-            generator = seeded_generator(self.device, seed, start)
-            embeddings = self.sample_embeddings(
-                encoded["input_ids"].to(self.device), encoded["attention_mask"].bool().to(self.device), generator, steps
-            )
-            outputs.extend(self.decode(embeddings))
+            ids, mask = encoded["input_ids"].to(self.device), encoded["attention_mask"].bool().to(self.device)
+            outputs.extend(self.generate_candidates(ids, mask, seed, start, steps, candidates, chunk)[0])
         self.train(was_training)
         return outputs
 
@@ -216,21 +273,34 @@ class SmoothieModule(L.LightningModule):
         self.log("val/loss", loss, prog_bar=True, sync_dist=True, batch_size=batch["target_ids"].shape[0])
 
     def test_step(self, batch: dict, batch_idx: int) -> None:
-        predictions = self._generate_batch(batch)
-        self.test_sacrebleu.update(predictions, batch["reference"])
+        predictions, _ = self._generate_batch(batch)
+        self.test_metrics.update(sources=batch["source"], predictions=predictions, references=batch["reference"])
         self.test_copy_sacrebleu.update(batch["source"], batch["reference"])
-        size = len(predictions)
-        self.log("test/sacrebleu", self.test_sacrebleu, batch_size=size)
-        self.log("test/copy_source_sacrebleu", self.test_copy_sacrebleu, batch_size=size)
+
+    def on_test_epoch_start(self) -> None:
+        self.test_metrics.reset()
+        self.test_copy_sacrebleu.reset()
+
+    def on_test_epoch_end(self) -> None:
+        """Every metric of the configured set over the whole split (torchmetrics gathers DDP shards)."""
+        for name, value in self.test_metrics.compute().items():
+            self.log(f"test/{name}", value)
+        self.log("test/copy_source_sacrebleu", self.test_copy_sacrebleu.compute())
 
     def predict_step(self, batch: dict, batch_idx: int) -> list[dict[str, Any]]:
-        predictions = self._generate_batch(batch)
-        return [
-            {"index": int(index), "source": source, "reference": reference, "prediction": prediction}
-            for index, source, reference, prediction in zip(
-                batch["index"].tolist(), batch["source"], batch["reference"], predictions
-            )
-        ]
+        predictions, candidates = self._generate_batch(batch)
+        records = []
+        for row, index in enumerate(batch["index"].tolist()):
+            record = {
+                "index": index,
+                "source": batch["source"][row],
+                "reference": batch["reference"][row],
+                "prediction": predictions[row],
+            }
+            if self.hparams.predict_candidates:
+                record["candidates"] = candidates[row]
+            records.append(record)
+        return records
 
     def configure_optimizers(self):
         hp = self.hparams

@@ -1,7 +1,8 @@
 """Score a predictions file and show examples: ``python -m smoothie_pl.report predictions.jsonl``.
 
 Prints corpus SacreBLEU (13a, 0-100) of the predictions against the raw
-references, the same score for copying the source (the floor a seq2seq model
+references (cased, and lowercased for models with an uncased vocabulary), the
+same score for copying the source (the floor a seq2seq model
 has to beat on near-copy tasks), and a table of examples.
 """
 
@@ -36,8 +37,8 @@ def read_predictions(path: str | Path) -> list[dict]:
     return records
 
 
-def corpus_sacrebleu(hypotheses: list[str], references: list[str]) -> float:
-    metric = SacreBLEU()
+def corpus_sacrebleu(hypotheses: list[str], references: list[str], lowercase: bool = False) -> float:
+    metric = SacreBLEU(lowercase=lowercase)
     metric.update(hypotheses, references)
     return float(metric.compute())
 
@@ -47,6 +48,7 @@ def report(path: str | Path, examples: int = 8, console: Console | None = None) 
     references = [record["reference"] for record in records]
     scores = {
         "sacrebleu": corpus_sacrebleu([record["prediction"] for record in records], references),
+        "sacrebleu_lowercase": corpus_sacrebleu([record["prediction"] for record in records], references, True),
         "copy_source_sacrebleu": corpus_sacrebleu([record["source"] for record in records], references),
     }
     console = console or Console()
@@ -58,6 +60,7 @@ def report(path: str | Path, examples: int = 8, console: Console | None = None) 
     console.print(table)
     console.print(
         f"SacreBLEU (13a) over {len(records)} pairs: [bold]{scores['sacrebleu']:.2f}[/bold]   "
+        f"(lowercased: {scores['sacrebleu_lowercase']:.2f})   "
         f"copying the source scores {scores['copy_source_sacrebleu']:.2f}"
     )
     return scores

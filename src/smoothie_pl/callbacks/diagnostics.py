@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from lightning.pytorch.callbacks import Callback
 
 from smoothie_pl.diffusion.vocab_attention import DEFAULT_CHUNK_SIZE, half_squared_norms
+from smoothie_pl.callbacks.trigger import ValidationTrigger
 
 DEFAULT_TIMES = (0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
 
@@ -120,25 +121,15 @@ class Diagnostics(Callback):
         if max_examples <= 0:
             raise ValueError(f"diagnostics.max_examples must be positive, got {max_examples}")
         self.times = sorted(float(t) for t in times)
-        self.every_n_steps = every_n_steps
+        self.trigger = ValidationTrigger(every_n_steps)
         self.max_examples = max_examples
         self.seed = seed
         self.plot = plot
-        self._last_step: int | None = None
-
-    def _due(self, trainer: L.Trainer, batch_idx: int, dataloader_idx: int) -> bool:
-        if trainer.sanity_checking or batch_idx != 0 or dataloader_idx != 0:
-            return False
-        step = trainer.global_step
-        if self.every_n_steps and self._last_step is not None and step - self._last_step < self.every_n_steps:
-            return False
-        self._last_step = step
-        return True
 
     def on_validation_batch_end(
         self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch, batch_idx: int, dataloader_idx: int = 0
     ) -> None:
-        if not self._due(trainer, batch_idx, dataloader_idx):
+        if not self.trigger.due(trainer, batch_idx, dataloader_idx):
             return
         with torch.no_grad(), trainer.precision_plugin.forward_context():
             values = torch.stack([self.measure(pl_module, batch, t) for t in self.times], dim=1)

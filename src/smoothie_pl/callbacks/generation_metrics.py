@@ -15,6 +15,7 @@ import torch
 from lightning.pytorch.callbacks import Callback
 
 from smoothie_pl.metrics.sets import TextMetrics
+from smoothie_pl.callbacks.trigger import ValidationTrigger
 
 FIELDS = ("index", "source", "reference", "prediction")
 
@@ -70,9 +71,8 @@ class GenerationMetrics(Callback):
         self.steps = steps
         self.seed = seed
         self.batch_size = batch_size
-        self.every_n_steps = every_n_steps
+        self.trigger = ValidationTrigger(every_n_steps)
         self.show = show
-        self._last_step: int | None = None
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         """Fail before training, not at the first validation, when there is no split to read pairs from."""
@@ -82,19 +82,10 @@ class GenerationMetrics(Callback):
                 "pass a Seq2SeqDataModule (e.g. JsonlDataModule) as the datamodule"
             )
 
-    def _due(self, trainer: L.Trainer, batch_idx: int, dataloader_idx: int) -> bool:
-        if trainer.sanity_checking or batch_idx != 0 or dataloader_idx != 0:
-            return False
-        step = trainer.global_step
-        if self.every_n_steps and self._last_step is not None and step - self._last_step < self.every_n_steps:
-            return False
-        self._last_step = step
-        return True
-
     def on_validation_batch_end(
         self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch, batch_idx: int, dataloader_idx: int = 0
     ) -> None:
-        if not self._due(trainer, batch_idx, dataloader_idx):
+        if not self.trigger.due(trainer, batch_idx, dataloader_idx):
             return
         pairs = trainer.datamodule.dataset("validation").pairs[: self.num_examples]
         indices = list(range(trainer.global_rank, len(pairs), trainer.world_size))

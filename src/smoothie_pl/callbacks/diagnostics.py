@@ -22,8 +22,8 @@ import torch
 import torch.nn.functional as F
 from lightning.pytorch.callbacks import Callback
 
-from smoothie_pl.diffusion.vocab_attention import DEFAULT_CHUNK_SIZE, half_squared_norms
 from smoothie_pl.callbacks.trigger import ValidationTrigger
+from smoothie_pl.diffusion.vocab_attention import DEFAULT_CHUNK_SIZE, half_squared_norms
 
 DEFAULT_TIMES = (0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
 

@@ -14,8 +14,8 @@ import lightning as L
 import torch
 from lightning.pytorch.callbacks import Callback
 
-from smoothie_pl.metrics.sets import TextMetrics
 from smoothie_pl.callbacks.trigger import ValidationTrigger
+from smoothie_pl.metrics.sets import TextMetrics
 
 FIELDS = ("index", "source", "reference", "prediction")
 

@@ -159,7 +159,7 @@ class SmoothieModule(L.LightningModule):
         x_t = self.space.noised_input(clean, t, generator)
         source, source_mask = self.encode_source(batch["source_ids"], batch["source_mask"]), batch["source_mask"]
         previous = None
-        if self.hparams.denoiser["self_conditioning"] and torch.rand(1, generator=generator, device=self.device) < 0.5:
+        if self.denoiser.config.self_conditioning and torch.rand(1, generator=generator, device=self.device) < 0.5:
             with torch.no_grad():
                 previous = self.denoiser(x_t, t, source, source_mask).float()
         predicted = self.denoiser(x_t, t, source, source_mask, previous)

@@ -142,3 +142,10 @@ def test_impossible_module_values_are_refused(word_model):
         tiny_module(word_model, mbr_candidates=0)
     with pytest.raises(ValueError, match="vocab_dtype"):
         tiny_module(word_model, vocab_dtype="int8")
+
+
+def test_recase_option_applies_to_every_candidate(word_model, monkeypatch):
+    module = tiny_module(word_model, recase=True, mbr_candidates=2)
+    monkeypatch.setattr(module, "decode", lambda embeddings: ["and moses went up"] * embeddings.shape[0])
+    outputs = module.generate(["Then Moses spake", "thou art Moses"], steps=2)
+    assert outputs == ["And Moses went up", "And Moses went up"]

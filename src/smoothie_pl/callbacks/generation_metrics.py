@@ -7,7 +7,6 @@ chosen on a generation metric: with this callback ``ModelCheckpoint(monitor=
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import lightning as L
@@ -15,6 +14,7 @@ import torch
 from lightning.pytorch.callbacks import Callback
 
 from smoothie_pl.callbacks.trigger import ValidationTrigger
+from smoothie_pl.io import write_jsonl_atomically
 from smoothie_pl.metrics.sets import TextMetrics
 
 FIELDS = ("index", "source", "reference", "prediction")
@@ -113,10 +113,7 @@ class GenerationMetrics(Callback):
     def _publish(self, trainer: L.Trainer, directory: Path, rows: list[dict]) -> None:
         """Example table to the log directory, the console and table-capable loggers."""
         step = trainer.global_step
-        directory.mkdir(parents=True, exist_ok=True)
-        with (directory / f"examples_step{step}.jsonl").open("w", encoding="utf-8") as out:
-            for row in rows:
-                out.write(json.dumps(row, ensure_ascii=False) + "\n")
+        write_jsonl_atomically(directory / f"examples_step{step}.jsonl", rows)
 
         if self.show > 0:
             from rich.console import Console

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import json
-import os
 from pathlib import Path
 from typing import Any
 
 from lightning.pytorch.callbacks import BasePredictionWriter
+
+from smoothie_pl.io import write_jsonl_atomically
 
 
 class JsonlPredictionWriter(BasePredictionWriter):
@@ -28,10 +28,5 @@ class JsonlPredictionWriter(BasePredictionWriter):
     def write_on_epoch_end(self, trainer, pl_module, predictions: list[Any], batch_indices: Any) -> None:
         records = sorted((record for batch in predictions for record in batch), key=lambda record: record["index"])
         path = self.resolve_output(trainer)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        temporary = path.with_name(path.name + f".tmp{os.getpid()}")
-        with temporary.open("w", encoding="utf-8") as out:
-            for record in records:
-                out.write(json.dumps(record, ensure_ascii=False) + "\n")
-        os.replace(temporary, path)
+        write_jsonl_atomically(path, records)
         print(f"wrote {len(records)} predictions to {path}")

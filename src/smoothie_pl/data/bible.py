@@ -8,13 +8,12 @@ as jsonl files.
 
 from __future__ import annotations
 
-import json
-import os
 import random
 import re
 from pathlib import Path
 
 from smoothie_pl.data.jsonl import JsonlDataModule
+from smoothie_pl.io import write_jsonl_atomically
 
 _BRACKETS = re.compile(r"[\[\]]")
 _APOSTROPHES = re.compile("[`’]")
@@ -39,14 +38,6 @@ def bible_pairs() -> list[dict]:
         if source and target:
             pairs.append({"verse": verse, "src": source, "trg": target})
     return pairs
-
-
-def write_jsonl_atomically(path: Path, records: list[dict]) -> None:
-    temporary = path.with_suffix(path.suffix + f".tmp{os.getpid()}")
-    with temporary.open("w", encoding="utf-8") as out:
-        for record in records:
-            out.write(json.dumps(record, ensure_ascii=False) + "\n")
-    os.replace(temporary, path)
 
 
 class BibleDataModule(JsonlDataModule):
@@ -77,6 +68,5 @@ class BibleDataModule(JsonlDataModule):
             "test": pairs[self.validation_size : held_out],
             "train": pairs[held_out:],
         }
-        self.data_dir.mkdir(parents=True, exist_ok=True)
         for split, records in splits.items():
             write_jsonl_atomically(Path(self.files[split]), records)

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from lightning.pytorch.callbacks import Callback
 
 from smoothie_pl.callbacks.trigger import ValidationTrigger
-from smoothie_pl.diffusion.vocab_attention import DEFAULT_CHUNK_SIZE, half_squared_norms
+from smoothie_pl.diffusion.vocab_attention import DEFAULT_CHUNK_SIZE, noisy_logit_chunks
 
 DEFAULT_TIMES = (0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
 
@@ -45,38 +45,29 @@ def true_row_log_probs(
 
     Streams the vocabulary in chunks with an online log-sum-exp, like
     :func:`~smoothie_pl.diffusion.vocab_attention.noisy_vocab_attention`, and
-    draws the noise in the same order (chunk ``c``: ``[N, chunk]`` normals), so
-    a generator seeded as the one given to ``noisy_vocab_attention`` scores the
-    very distribution whose read-out the model saw. The true row's logit is taken
+    takes its noisy logits from the same ``noisy_logit_chunks``, so a generator
+    seeded as the one given to ``noisy_vocab_attention`` scores the very
+    distribution whose read-out the model saw. The true row's logit is taken
     from the chunk that holds it, with that chunk's noise. Logits are fp32 even
     when the space's matmuls run in bf16, so they may differ by that rounding.
     """
-    if chunk_size <= 0:
-        raise ValueError(f"chunk_size must be a positive number of vocabulary rows, got {chunk_size}")
-    if half_sq_norms is None:
-        half_sq_norms = half_squared_norms(embeddings)
     n = query.shape[0]
-    q = query.float()
-    logit_scale = (mu.float() / sigma0**2).unsqueeze(1)
-    noise_scale = std.float().unsqueeze(1)
     running_max = torch.full((n,), float("-inf"), device=query.device)
     running_sum = torch.zeros(n, device=query.device)
     true_logit = torch.zeros(n, device=query.device)
-    with torch.autocast(device_type=query.device.type, enabled=False):
-        for start in range(0, embeddings.shape[0], chunk_size):
-            logits = q @ embeddings[start : start + chunk_size].float().T
-            logits.sub_(half_sq_norms[start : start + chunk_size]).mul_(logit_scale)
-            noise = torch.randn(logits.shape, generator=generator, device=logits.device)
-            logits.add_(noise.mul_(noise_scale))
+    chunks = noisy_logit_chunks(
+        query.float(), embeddings.float(), mu, std, sigma0=sigma0, generator=generator, chunk_size=chunk_size,
+        half_sq_norms=half_sq_norms,
+    )
+    for start, _, logits in chunks:
+        offset = rows - start
+        inside = (offset >= 0) & (offset < logits.shape[1])
+        picked = logits.gather(1, offset.clamp(0, logits.shape[1] - 1).unsqueeze(1)).squeeze(1)
+        true_logit = torch.where(inside, picked, true_logit)
 
-            offset = rows - start
-            inside = (offset >= 0) & (offset < logits.shape[1])
-            picked = logits.gather(1, offset.clamp(0, logits.shape[1] - 1).unsqueeze(1)).squeeze(1)
-            true_logit = torch.where(inside, picked, true_logit)
-
-            new_max = torch.maximum(running_max, logits.amax(dim=1))
-            running_sum = running_sum * torch.exp(running_max - new_max) + (logits - new_max.unsqueeze(1)).exp().sum(1)
-            running_max = new_max
+        new_max = torch.maximum(running_max, logits.amax(dim=1))
+        running_sum = running_sum * torch.exp(running_max - new_max) + (logits - new_max.unsqueeze(1)).exp().sum(1)
+        running_max = new_max
     return true_logit - running_max - running_sum.log()
 
 

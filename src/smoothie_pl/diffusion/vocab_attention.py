@@ -10,6 +10,8 @@ means no ``[positions, V]`` tensor is ever held.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import torch
 
 DEFAULT_CHUNK_SIZE = 4096
@@ -23,6 +25,42 @@ def half_squared_norms(embeddings: torch.Tensor) -> torch.Tensor:
 def _check_chunk_size(chunk_size: int) -> None:
     if chunk_size <= 0:
         raise ValueError(f"chunk_size must be a positive number of vocabulary rows, got {chunk_size}")
+
+
+def noisy_logit_chunks(
+    query: torch.Tensor,
+    embeddings: torch.Tensor,
+    mu: torch.Tensor,
+    std: torch.Tensor,
+    *,
+    sigma0: float,
+    generator: torch.Generator | None = None,
+    chunk_size: int = DEFAULT_CHUNK_SIZE,
+    compute_dtype: torch.dtype | None = None,
+    half_sq_norms: torch.Tensor | None = None,
+) -> Iterator[tuple[int, torch.Tensor, torch.Tensor]]:
+    """``(start, rows, logits)`` for each vocabulary chunk, logits ``mu * D0 + std * eps`` up to a per-row shift.
+
+    The one place the noise is drawn: chunk ``c`` takes ``[N, chunk]`` normals
+    from ``generator`` in order, so every consumer of these chunks (the model
+    input, the diagnostics) sees the same noise for the same seed. ``rows`` is
+    the chunk of ``E`` in ``compute_dtype``; logits are fp32.
+    """
+    _check_chunk_size(chunk_size)
+    compute_dtype = compute_dtype or embeddings.dtype
+    if half_sq_norms is None:
+        half_sq_norms = half_squared_norms(embeddings)
+    q = query.to(compute_dtype)
+    logit_scale = (mu.float() / sigma0**2).unsqueeze(1)
+    noise_scale = std.float().unsqueeze(1)
+    with torch.autocast(device_type=query.device.type, enabled=False):
+        for start in range(0, embeddings.shape[0], chunk_size):
+            rows = embeddings[start : start + chunk_size].to(compute_dtype)
+            logits = (q @ rows.T).float()
+            logits.sub_(half_sq_norms[start : start + chunk_size]).mul_(logit_scale)
+            noise = torch.randn(logits.shape, generator=generator, device=logits.device)
+            logits.add_(noise.mul_(noise_scale))
+            yield start, rows, logits
 
 
 @torch.no_grad()
@@ -54,31 +92,21 @@ def noisy_vocab_attention(
     Returns:
         ``[N, d]`` fp32 kernel-weighted average embeddings.
     """
-    _check_chunk_size(chunk_size)
-    compute_dtype = compute_dtype or embeddings.dtype
-    if half_sq_norms is None:
-        half_sq_norms = half_squared_norms(embeddings)
     n, d = query.shape
-    q = query.to(compute_dtype)
-    logit_scale = (mu.float() / sigma0**2).unsqueeze(1)
-    noise_scale = std.float().unsqueeze(1)
-
     running_max = torch.full((n, 1), float("-inf"), device=query.device)
     running_sum = torch.zeros(n, 1, device=query.device)
     acc = torch.zeros(n, d, device=query.device)
+    chunks = noisy_logit_chunks(
+        query, embeddings, mu, std, sigma0=sigma0, generator=generator, chunk_size=chunk_size,
+        compute_dtype=compute_dtype, half_sq_norms=half_sq_norms,
+    )
     with torch.autocast(device_type=query.device.type, enabled=False):
-        for start in range(0, embeddings.shape[0], chunk_size):
-            rows = embeddings[start : start + chunk_size].to(compute_dtype)
-            logits = (q @ rows.T).float()
-            logits.sub_(half_sq_norms[start : start + chunk_size]).mul_(logit_scale)
-            noise = torch.randn(logits.shape, generator=generator, device=logits.device)
-            logits.add_(noise.mul_(noise_scale))
-
+        for _, rows, logits in chunks:
             new_max = torch.maximum(running_max, logits.amax(dim=1, keepdim=True))
             rescale = torch.exp(running_max - new_max)
             probs = logits.sub_(new_max).exp_()
             running_sum.mul_(rescale).add_(probs.sum(dim=1, keepdim=True))
-            acc.mul_(rescale).add_((probs.to(compute_dtype) @ rows).float())
+            acc.mul_(rescale).add_((probs.to(rows.dtype) @ rows).float())
             running_max = new_max
     return acc / running_sum
 

@@ -20,7 +20,8 @@ def variant_module(word_model, **denoiser) -> SmoothieModule:
 
 
 def predict(module: SmoothieModule, source_ids: torch.Tensor, source_mask: torch.Tensor) -> torch.Tensor:
-    x_t = torch.randn(source_ids.shape[0], 6, module.embedding_matrix.shape[1], generator=torch.Generator().manual_seed(1))
+    shape = (source_ids.shape[0], 6, module.embedding_matrix.shape[1])
+    x_t = torch.randn(shape, generator=torch.Generator().manual_seed(1))
     t = torch.full((source_ids.shape[0],), 0.3)
     with torch.no_grad():
         return module.denoiser(x_t, t, module.encode_source(source_ids, source_mask), source_mask)

@@ -125,11 +125,13 @@ def test_guidance_without_source_dropout_is_refused(word_model):
 def test_clamping_re_noises_and_outputs_exact_vocabulary_rows(word_model, monkeypatch):
     module = tiny_module(word_model, clamp=True)
     ids, mask = tokenised_sources(module)
-    renoised = []
-    noised_input = module.space.noised_input
-    monkeypatch.setattr(
-        module.space, "noised_input", lambda clean, *args: renoised.append(clean) or noised_input(clean, *args)
-    )
+    renoised, noised_input = [], module.space.noised_input
+
+    def recording_noised_input(clean, *args):
+        renoised.append(clean)
+        return noised_input(clean, *args)
+
+    monkeypatch.setattr(module.space, "noised_input", recording_noised_input)
     output = module.sample_embeddings(ids, mask, torch.Generator().manual_seed(0), steps=3)
     vocabulary_rows = module.space.embeddings
     for embeddings in [*renoised, output]:
@@ -187,7 +189,9 @@ def test_decoding_cross_entropy_matches_the_full_softmax_and_its_gradient():
     torch.testing.assert_close(streamed_grad, expected_grad)
 
     # Noise-free, the chunking does not matter at all.
-    noiseless = lambda chunk: decoding_cross_entropy(clean, rows, vocab, mu, 0.0, sigma0, seed=0, chunk_size=chunk)  # noqa: E731
+    def noiseless(chunk_size):
+        return decoding_cross_entropy(clean, rows, vocab, mu, 0.0, sigma0, seed=0, chunk_size=chunk_size)
+
     torch.testing.assert_close(noiseless(3), noiseless(10))
 
 
@@ -233,3 +237,28 @@ def test_per_feature_standardisation_gives_every_real_column_mean_zero_and_std_o
     torch.testing.assert_close(matrix[real].std(0), torch.ones(matrix.shape[1]), atol=1e-5, rtol=0)
     scalar = tiny_module(word_model).embedding_matrix
     assert scalar[real].std(0).sub(1).abs().max() > 0.05  # the scalar default does not equalise columns
+
+
+# ------------------------------------------------------------------ all together
+def test_all_options_train_save_load_and_sample_together(word_model, pairs_dir, tmp_path):
+    import lightning as L
+
+    variant = {"self_conditioning": True, "block": "prenorm", "conditioning": "concat"}
+    denoiser = DenoiserConfig(**{**TINY.__dict__, **variant})
+    options = dict(train_embeddings=True, masked_loss=True, cfg_dropout=0.2, guidance_weight=1.5, clamp=True)
+    module = tiny_module(word_model, denoiser=denoiser, **options)
+    before = module.embedding_matrix.detach().clone()
+    trainer = L.Trainer(
+        accelerator="cpu", max_steps=3, logger=False, enable_progress_bar=False, enable_model_summary=False,
+        limit_val_batches=0, default_root_dir=tmp_path,
+    )
+    trainer.fit(module, datamodule=pairs_data(pairs_dir, word_model, batch_size=4))
+    assert not torch.equal(module.embedding_matrix.detach(), before)
+
+    path = tmp_path / "options.ckpt"
+    trainer.save_checkpoint(path)
+    loaded = SmoothieModule.load_from_checkpoint(path)
+    torch.testing.assert_close(loaded.embedding_matrix, module.embedding_matrix)
+    assert loaded.hparams.denoiser["block"] == "prenorm" and loaded.null_source is not None
+    sources = [source for source, _ in PAIRS[:2]]
+    assert loaded.generate(sources, steps=3, seed=0) == module.generate(sources, steps=3, seed=0)

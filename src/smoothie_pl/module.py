@@ -7,7 +7,6 @@ from typing import Any
 
 import lightning as L
 import torch
-import torch.nn.functional as F
 
 from smoothie_pl.diffusion import ArctanSchedule, SmoothieSpace, build_sampler
 from smoothie_pl.diffusion.embedding_losses import decoding_cross_entropy, prior_matching_loss

@@ -60,7 +60,9 @@ class DenoiserConfig:
         if self.block not in BLOCKS:
             raise ValueError(f"denoiser.block must be one of {sorted(BLOCKS)}, got {self.block!r}")
         if self.conditioning not in CONDITIONING_MODES:
-            raise ValueError(f"denoiser.conditioning must be one of {list(CONDITIONING_MODES)}, got {self.conditioning!r}")
+            raise ValueError(
+                f"denoiser.conditioning must be one of {list(CONDITIONING_MODES)}, got {self.conditioning!r}"
+            )
 
     def make_block(self, cross_attention: bool):
         return make_block(

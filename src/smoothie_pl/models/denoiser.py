@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from smoothie_pl.models.layers import BLOCKS, TimeEmbedding, final_norm, make_block
+from smoothie_pl.models.layers import BLOCK_STYLES, TimeEmbedding, final_norm, make_block
 
 CONDITIONING_MODES = ("cross_attention", "concat")
 
@@ -23,7 +23,7 @@ class DenoiserConfig:
     ``rope`` adds rotary position embeddings to every attention (self and
     cross), on top of the learned absolute positions. ``block`` is the block
     style of the denoiser and the scratch encoder: ``"postln"`` (BERT-like, the
-    paper's) or ``"prenorm"`` (pre-RMSNorm with RoPE and SwiGLU).
+    paper's) or ``"prenorm"`` (pre-RMSNorm with RoPE and SwiGLU; ``rope`` is then always on).
     ``conditioning`` is how the denoiser reads the encoded source:
     ``"cross_attention"`` (every block, the paper's) or ``"concat"`` (self-
     attention over ``[target; source]`` with segment embeddings, output read
@@ -57,8 +57,8 @@ class DenoiserConfig:
             raise ValueError(
                 f"denoiser.source_encoder must be 'scratch', 'pretrained' or 'none', got {self.source_encoder!r}"
             )
-        if self.block not in BLOCKS:
-            raise ValueError(f"denoiser.block must be one of {sorted(BLOCKS)}, got {self.block!r}")
+        if self.block not in BLOCK_STYLES:
+            raise ValueError(f"denoiser.block must be one of {list(BLOCK_STYLES)}, got {self.block!r}")
         if self.conditioning not in CONDITIONING_MODES:
             raise ValueError(
                 f"denoiser.conditioning must be one of {list(CONDITIONING_MODES)}, got {self.conditioning!r}"

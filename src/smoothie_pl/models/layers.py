@@ -118,14 +118,11 @@ class SwiGLU(nn.Module):
 class PreNormBlock(nn.Module):
     """Pre-RMSNorm block with rotary positions and a SwiGLU MLP; cross-attends to the source like ``Block``.
 
-    Rotary positions are part of the style, so ``rope`` is accepted for a
-    uniform signature but always on. The stream is not normalised on the way
-    out: follow a stack of these with ``final_norm("prenorm", width)``.
+    The stream is not normalised on the way out: follow a stack of these with
+    ``final_norm("prenorm", width)``.
     """
 
-    def __init__(
-        self, width: int, heads: int, mlp_ratio: float, dropout: float, cross_attention: bool, rope: bool = True
-    ) -> None:
+    def __init__(self, width: int, heads: int, mlp_ratio: float, dropout: float, cross_attention: bool) -> None:
         super().__init__()
         self.self_norm = nn.RMSNorm(width)
         self.self_attention = Attention(width, heads, dropout, rope=True)
@@ -151,14 +148,18 @@ class PreNormBlock(nn.Module):
         return x + self.drop(self.mlp(self.mlp_norm(x)))
 
 
-BLOCKS = {"postln": Block, "prenorm": PreNormBlock}
+BLOCK_STYLES = ("postln", "prenorm")
 
 
-def make_block(style: str, width: int, heads: int, mlp_ratio: float, dropout: float, cross_attention: bool, rope: bool):
-    """A block of ``style`` (``"postln"``: BERT-like; ``"prenorm"``: pre-RMSNorm, RoPE, SwiGLU)."""
-    if style not in BLOCKS:
-        raise ValueError(f"block style must be one of {sorted(BLOCKS)}, got {style!r}")
-    return BLOCKS[style](width, heads, mlp_ratio, dropout, cross_attention, rope)
+def make_block(
+    style: str, width: int, heads: int, mlp_ratio: float, dropout: float, cross_attention: bool, rope: bool
+) -> nn.Module:
+    """A block of ``style``: ``"postln"`` (BERT-like, RoPE if ``rope``) or ``"prenorm"`` (pre-RMSNorm, RoPE, SwiGLU)."""
+    if style == "prenorm":
+        return PreNormBlock(width, heads, mlp_ratio, dropout, cross_attention)
+    if style == "postln":
+        return Block(width, heads, mlp_ratio, dropout, cross_attention, rope)
+    raise ValueError(f"block style must be one of {list(BLOCK_STYLES)}, got {style!r}")
 
 
 def final_norm(style: str, width: int) -> nn.Module:

@@ -262,3 +262,13 @@ def test_all_options_train_save_load_and_sample_together(word_model, pairs_dir, 
     assert loaded.hparams.denoiser["block"] == "prenorm" and loaded.null_source is not None
     sources = [source for source, _ in PAIRS[:2]]
     assert loaded.generate(sources, steps=3, seed=0) == module.generate(sources, steps=3, seed=0)
+
+
+def test_embedding_losses_stay_fp32_under_bf16_autocast():
+    torch.manual_seed(0)
+    clean, vocab, rows = torch.randn(4, 16) * 3, torch.randn(50, 16) * 3, torch.tensor([1, 2, 3, 4])
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        prior = prior_matching_loss(clean, vocab, 0.5, 1.5, 1.0)
+        decoding = decoding_cross_entropy(clean, rows, vocab, 0.7, 0.0, 1.5, seed=0, chunk_size=16)
+    torch.testing.assert_close(prior, prior_matching_loss(clean, vocab, 0.5, 1.5, 1.0))
+    torch.testing.assert_close(decoding, decoding_cross_entropy(clean, rows, vocab, 0.7, 0.0, 1.5, seed=0, chunk_size=16))

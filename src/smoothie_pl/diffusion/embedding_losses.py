@@ -26,18 +26,19 @@ def prior_matching_loss(
     ``V a^2 + sum b^2 + 2 a sum b + 4 e^T (E^T E) e - 4 a e . sum_j E_j - 4 e . sum_j b_j E_j``,
     which needs only ``d x d`` statistics of ``E`` instead of the distances.
     """
-    e, vocab = clean.float(), embeddings.float()
-    a = e.pow(2).sum(-1)
-    b = vocab.pow(2).sum(-1)
-    gram = vocab.T @ vocab
-    sum_of_squared_distances_squared = (
-        vocab.shape[0] * a.pow(2)
-        + b.pow(2).sum()
-        + 2 * a * b.sum()
-        + 4 * ((e @ gram) * e).sum(-1)
-        - 4 * a * (e @ vocab.sum(0))
-        - 4 * (e @ (b @ vocab))
-    )
+    with torch.autocast(device_type=clean.device.type, enabled=False):  # the expansion cancels large terms: fp32
+        e, vocab = clean.float(), embeddings.float()
+        a = e.pow(2).sum(-1)
+        b = vocab.pow(2).sum(-1)
+        gram = vocab.T @ vocab
+        sum_of_squared_distances_squared = (
+            vocab.shape[0] * a.pow(2)
+            + b.pow(2).sum()
+            + 2 * a * b.sum()
+            + 4 * ((e @ gram) * e).sum(-1)
+            - 4 * a * (e @ vocab.sum(0))
+            - 4 * (e @ (b @ vocab))
+        )
     mean_d0_squared = sum_of_squared_distances_squared / (vocab.shape[0] * 4 * sigma0**4)
     return mu**2 * mean_d0_squared / (2 * prior_std**2)
 
@@ -73,8 +74,10 @@ def decoding_cross_entropy(
         return logits.logsumexp(dim=1), torch.where(inside, true_logit, 0.0)
 
     normalisers, true_logits = [], []
-    for start in range(0, vocab.shape[0], chunk_size):
-        normaliser, true_logit = checkpoint(chunk_terms, vocab[start : start + chunk_size], start, use_reentrant=False)
-        normalisers.append(normaliser)
-        true_logits.append(true_logit)
+    with torch.autocast(device_type=clean.device.type, enabled=False):
+        for start in range(0, vocab.shape[0], chunk_size):
+            chunk = vocab[start : start + chunk_size]
+            normaliser, true_logit = checkpoint(chunk_terms, chunk, start, use_reentrant=False)
+            normalisers.append(normaliser)
+            true_logits.append(true_logit)
     return torch.stack(normalisers).logsumexp(dim=0) - torch.stack(true_logits).sum(dim=0)

@@ -19,6 +19,8 @@ GENERATION_OPTIONS = (
     "sampler",
     "sampling_steps",
     "sampling_noise_scale",
+    "guidance_weight",
+    "clamp",
     "metric_set",
     "metric_options",
     "mbr_candidates",

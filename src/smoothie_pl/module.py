@@ -7,12 +7,12 @@ from typing import Any
 
 import lightning as L
 import torch
-import torch.nn.functional as F
 
 from smoothie_pl.diffusion import ArctanSchedule, SmoothieSpace, build_sampler
+from smoothie_pl.diffusion.embedding_losses import decoding_cross_entropy, prior_matching_loss
 from smoothie_pl.embeddings import load_embedding_matrix, load_tokenizer, resolve_embedding_source
 from smoothie_pl.metrics import SacreBLEU, TextMetrics, mbr_select
-from smoothie_pl.models import DenoiserConfig, PretrainedSourceEncoder, SourceEncoder, UShapedDenoiser
+from smoothie_pl.models import DenoiserConfig, NullSource, PretrainedSourceEncoder, SourceEncoder, UShapedDenoiser
 from smoothie_pl.text import ids_to_text, recase_from_source
 
 T_TRAIN_MIN = 1e-5
@@ -32,6 +32,25 @@ def seeded_generator(device: torch.device, *seeds: int) -> torch.Generator:
     return torch.Generator(device=device).manual_seed(value)
 
 
+def _check_guidance(cfg_dropout: float, guidance_weight: float, denoiser: DenoiserConfig) -> None:
+    if not 0.0 <= cfg_dropout < 1.0:
+        raise ValueError(f"cfg_dropout must be in [0, 1), got {cfg_dropout}")
+    if cfg_dropout > 0 and denoiser.source_encoder == "none":
+        raise ValueError("cfg_dropout drops the source, but denoiser.source_encoder is 'none' (unconditional)")
+    if guidance_weight != 0 and cfg_dropout == 0:
+        raise ValueError(
+            f"guidance_weight {guidance_weight} needs a model trained with cfg_dropout > 0: "
+            "without it the model has no unconditional prediction to guide away from"
+        )
+
+
+def _average(values: torch.Tensor, counted: torch.Tensor | None) -> torch.Tensor:
+    """Mean of ``values [B, L]`` over all positions, or over the ``counted`` ones."""
+    if counted is None:
+        return values.mean()
+    return (values * counted).sum() / counted.sum().clamp_min(1)
+
+
 class SmoothieModule(L.LightningModule):
     """Smoothie text diffusion (arXiv 2505.18853) as a LightningModule.
 
@@ -42,6 +61,17 @@ class SmoothieModule(L.LightningModule):
         embedding: Hugging Face name or local path of the model whose input
             embeddings are diffused over (frozen, standardised); ``None`` is the
             packaged offline MiniLM.
+        per_feature_standardisation: standardise ``E`` per column instead of with one scalar mean and std.
+        train_embeddings: put ``E`` in the optimiser, with the prior-matching and
+            decoding losses of METHOD section 4 added to the x0 loss (off: ``E`` is
+            a frozen buffer).
+        masked_loss: average the losses over real target tokens only, not padding.
+        cfg_dropout: probability of replacing a training example's source by a
+            learned null source (classifier-free guidance).
+        guidance_weight: ``w`` in ``e0 = e0_c + w (e0_c - e0_u)`` at sampling; 0 is
+            no guidance (needs ``cfg_dropout > 0`` otherwise).
+        clamp: snap every predicted embedding to its nearest vocabulary row
+            before re-noising.
         vocabulary: token ids to diffuse over (``None``: all). Stored in the
             checkpoint as a buffer, not as a hyperparameter.
         denoiser: size and conditioning of the U-shaped transformer.
@@ -70,6 +100,11 @@ class SmoothieModule(L.LightningModule):
         self,
         embedding: str | None = None,
         per_feature_standardisation: bool = False,
+        train_embeddings: bool = False,
+        masked_loss: bool = False,
+        cfg_dropout: float = 0.0,
+        guidance_weight: float = 0.0,
+        clamp: bool = False,
         vocabulary: list[int] | None = None,
         denoiser: DenoiserConfig | dict = DenoiserConfig(),
         schedule: ArctanSchedule | dict = ArctanSchedule(),
@@ -102,12 +137,16 @@ class SmoothieModule(L.LightningModule):
             raise ValueError(f"mbr_candidates must be at least 1, got {mbr_candidates}")
         if vocab_dtype not in DTYPES:
             raise ValueError(f"vocab_dtype must be one of {sorted(DTYPES)}, got {vocab_dtype!r}")
+        _check_guidance(cfg_dropout, guidance_weight, denoiser)
         self.save_hyperparameters(ignore=["vocabulary", "denoiser", "schedule"])
         self.save_hyperparameters({"denoiser": asdict(denoiser), "schedule": asdict(schedule)})
         self.sampler = build_sampler(sampler, steps=sampling_steps, noise_scale=sampling_noise_scale)
 
         embedding_matrix = load_embedding_matrix(embedding, per_feature_standardisation)
-        self.register_buffer("embedding_matrix", embedding_matrix)
+        if train_embeddings:
+            self.embedding_matrix = torch.nn.Parameter(embedding_matrix)
+        else:
+            self.register_buffer("embedding_matrix", embedding_matrix)
         rows = torch.arange(embedding_matrix.shape[0]) if vocabulary is None else torch.tensor(sorted(vocabulary))
         self._build_space(rows)
 
@@ -121,6 +160,7 @@ class SmoothieModule(L.LightningModule):
             )
         else:
             self.source_encoder = None
+        self.null_source = NullSource(denoiser.width) if cfg_dropout > 0 else None
         self.test_metrics = TextMetrics(metric_set, **(metric_options or {}))
         self.test_copy_sacrebleu = SacreBLEU()
         self._train_generator: torch.Generator | None = None
@@ -135,7 +175,7 @@ class SmoothieModule(L.LightningModule):
             )
         self.register_buffer("vocabulary", vocabulary.to(self.embedding_matrix.device))
         self.space = SmoothieSpace(
-            self.embedding_matrix[vocabulary],
+            self.embedding_matrix.detach()[vocabulary],
             ArctanSchedule(**self.hparams.schedule),
             chunk_size=self.hparams.vocab_chunk_size,
             compute_dtype=DTYPES[self.hparams.vocab_dtype],
@@ -153,24 +193,97 @@ class SmoothieModule(L.LightningModule):
         return self.source_encoder(self.embedding_matrix[source_ids], source_mask)
 
     def diffusion_loss(self, batch: dict, generator: torch.Generator) -> torch.Tensor:
-        """x0-prediction MSE over all positions and features, padding included (METHOD section 3)."""
+        """x0-prediction MSE over all positions and features, padding included (METHOD section 3).
+
+        ``masked_loss`` leaves padding out; ``train_embeddings`` adds the two
+        embedding losses; ``cfg_dropout`` replaces some training sources by the null source.
+        """
+        self._follow_trained_embeddings()
         clean = self.embedding_matrix[batch["target_ids"]]
         t = torch.rand(clean.shape[0], device=self.device, generator=generator) * (1 - T_TRAIN_MIN) + T_TRAIN_MIN
         x_t = self.space.noised_input(clean, t, generator)
         source, source_mask = self.encode_source(batch["source_ids"], batch["source_mask"]), batch["source_mask"]
+        if self.null_source is not None and self.training:
+            drop = torch.rand(clean.shape[0], device=self.device, generator=generator) < self.hparams.cfg_dropout
+            source, source_mask = self.null_source(source, source_mask, drop)
         previous = None
         if self.denoiser.config.self_conditioning and torch.rand(1, generator=generator, device=self.device) < 0.5:
             with torch.no_grad():
                 previous = self.denoiser(x_t, t, source, source_mask).float()
         predicted = self.denoiser(x_t, t, source, source_mask, previous)
-        return F.mse_loss(predicted.float(), clean)
+        counted = self._counted_positions(batch["target_ids"])
+        loss = _average((predicted.float() - clean).pow(2).mean(-1), counted)
+        if self.hparams.train_embeddings:
+            loss = loss + self.embedding_losses(clean, batch["target_ids"], counted, generator)
+        return loss
+
+    def _counted_positions(self, target_ids: torch.Tensor) -> torch.Tensor | None:
+        """Target positions the loss averages over: all (``None``), or the real tokens with ``masked_loss``."""
+        return target_ids != self.tokenizer.pad_token_id if self.hparams.masked_loss else None
+
+    def embedding_losses(
+        self, clean: torch.Tensor, target_ids: torch.Tensor, counted: torch.Tensor | None, generator: torch.Generator
+    ) -> torch.Tensor:
+        """Prior matching at t = 1 plus decoding cross-entropy at the smallest t (METHOD section 4).
+
+        Both are averaged over the positions the x0 loss counts; the decoding
+        term skips target tokens outside the diffused vocabulary.
+        """
+        schedule, sigma0 = self.space.schedule, self.space.sigma0
+        vocab = self.embedding_matrix[self.vocabulary]
+        flat_clean, flat_ids = clean.reshape(-1, clean.shape[-1]), target_ids.reshape(-1)
+        mu_end, _ = schedule.marginal(torch.ones(1))
+        prior = prior_matching_loss(flat_clean, vocab, mu_end.item(), sigma0, schedule.prior_std)
+
+        rows = torch.searchsorted(self.vocabulary, flat_ids).clamp(max=len(self.vocabulary) - 1)
+        known = (self.vocabulary[rows] == flat_ids).view(target_ids.shape)
+        mu_start, std_start = schedule.marginal(torch.zeros(1))
+        seed = int(torch.randint(2**62, (1,), generator=generator, device=generator.device))
+        decoding = decoding_cross_entropy(
+            flat_clean, rows, vocab, mu_start.item(), std_start.item(), sigma0, seed, self.hparams.vocab_chunk_size
+        )
+        decoded = known if counted is None else known & counted
+        return _average(prior.view(target_ids.shape), counted) + _average(decoding.view(target_ids.shape), decoded)
+
+    def _follow_trained_embeddings(self) -> None:
+        """A trained ``E`` changes every step: rebuild the space (a detached copy) from the current one."""
+        if self.hparams.train_embeddings:
+            self._build_space(self.vocabulary)
 
     # ------------------------------------------------------------- generation
+    def guided_prediction(
+        self,
+        x_t: torch.Tensor,
+        t: torch.Tensor,
+        source: torch.Tensor | None,
+        source_mask: torch.Tensor | None,
+        previous: torch.Tensor | None,
+    ) -> torch.Tensor:
+        """``e0_c + w (e0_c - e0_u)`` (classifier-free guidance); with ``w = 0`` only the conditional pass runs."""
+        conditional = self.denoiser(x_t, t, source, source_mask, previous).float()
+        weight = self.hparams.guidance_weight
+        if weight == 0:
+            return conditional
+        everything = torch.ones(x_t.shape[0], dtype=torch.bool, device=x_t.device)
+        null, null_mask = self.null_source(source, source_mask, everything)
+        unconditional = self.denoiser(x_t, t, null, null_mask, previous).float()
+        return conditional + weight * (conditional - unconditional)
+
+    def clamp_to_vocabulary(self, predicted: torch.Tensor) -> torch.Tensor:
+        """The nearest vocabulary row of every predicted embedding (exact rows of the space's ``E``)."""
+        return self.space.embeddings[self.space.decode(predicted)]
+
     @torch.no_grad()
     def sample_embeddings(
         self, source_ids: torch.Tensor, source_mask: torch.Tensor, generator: torch.Generator, steps: int | None = None
     ) -> torch.Tensor:
-        """Predicted clean embeddings ``[B, L, d]`` for a batch of tokenised sources."""
+        """Predicted clean embeddings ``[B, L, d]`` for a batch of tokenised sources.
+
+        Self-conditioning feeds each step the previous step's (guided, unclamped)
+        prediction, as training feeds the first pass's; ``clamp`` applies to
+        what the sampler re-noises and to the output.
+        """
+        self._follow_trained_embeddings()
         source = self.encode_source(source_ids, source_mask)
         sampler = self.sampler
         if steps is not None:
@@ -180,8 +293,8 @@ class SmoothieModule(L.LightningModule):
 
         def denoise(x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
             nonlocal previous
-            previous = self.denoiser(x_t, t, source, source_mask, previous).float()
-            return previous
+            previous = self.guided_prediction(x_t, t, source, source_mask, previous)
+            return self.clamp_to_vocabulary(previous) if self.hparams.clamp else previous
 
         return sampler.sample(self.space, denoise, source_ids.shape[0], self.hparams.target_length, generator)
 

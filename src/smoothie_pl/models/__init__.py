@@ -1,5 +1,6 @@
 """The denoiser network: U-shaped transformer, time embedding, source encoder."""
 
 from smoothie_pl.models.denoiser import DenoiserConfig, PretrainedSourceEncoder, SourceEncoder, UShapedDenoiser
+from smoothie_pl.models.null_source import NullSource
 
-__all__ = ["DenoiserConfig", "PretrainedSourceEncoder", "SourceEncoder", "UShapedDenoiser"]
+__all__ = ["DenoiserConfig", "NullSource", "PretrainedSourceEncoder", "SourceEncoder", "UShapedDenoiser"]

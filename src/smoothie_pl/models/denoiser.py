@@ -7,7 +7,9 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from smoothie_pl.models.layers import Block, TimeEmbedding
+from smoothie_pl.models.layers import BLOCK_STYLES, TimeEmbedding, final_norm, make_block
+
+CONDITIONING_MODES = ("cross_attention", "concat")
 
 
 @dataclass
@@ -19,7 +21,13 @@ class DenoiserConfig:
     embeddings come from) or ``"none"`` (unconditional); ``freeze_source_encoder``
     keeps the pretrained encoder's weights fixed (no backward pass through it).
     ``rope`` adds rotary position embeddings to every attention (self and
-    cross), on top of the learned absolute positions. ``self_conditioning``
+    cross), on top of the learned absolute positions. ``block`` is the block
+    style of the denoiser and the scratch encoder: ``"postln"`` (BERT-like, the
+    paper's) or ``"prenorm"`` (pre-RMSNorm with RoPE and SwiGLU; ``rope`` is then always on).
+    ``conditioning`` is how the denoiser reads the encoded source:
+    ``"cross_attention"`` (every block, the paper's) or ``"concat"`` (self-
+    attention over ``[target; source]`` with segment embeddings, output read
+    at the target positions). ``self_conditioning``
     gives the denoiser a projection of a previous prediction of ``e0`` as an
     extra input (zeros when there is none).
     """
@@ -34,6 +42,8 @@ class DenoiserConfig:
     freeze_source_encoder: bool = False
     rope: bool = False
     self_conditioning: bool = False
+    block: str = "postln"
+    conditioning: str = "cross_attention"
 
     def __post_init__(self) -> None:
         for name in ("width", "depth", "heads"):
@@ -47,27 +57,36 @@ class DenoiserConfig:
             raise ValueError(
                 f"denoiser.source_encoder must be 'scratch', 'pretrained' or 'none', got {self.source_encoder!r}"
             )
+        if self.block not in BLOCK_STYLES:
+            raise ValueError(f"denoiser.block must be one of {list(BLOCK_STYLES)}, got {self.block!r}")
+        if self.conditioning not in CONDITIONING_MODES:
+            raise ValueError(
+                f"denoiser.conditioning must be one of {list(CONDITIONING_MODES)}, got {self.conditioning!r}"
+            )
+
+    def make_block(self, cross_attention: bool):
+        return make_block(
+            self.block, self.width, self.heads, self.mlp_ratio, self.dropout, cross_attention, rope=self.rope
+        )
 
 
 class SourceEncoder(nn.Module):
-    """Encodes source embeddings (already looked up in ``E``) with positions and post-LN blocks."""
+    """Encodes source embeddings (already looked up in ``E``) with positions and blocks of the configured style."""
 
     def __init__(self, embedding_dim: int, width: int, config: DenoiserConfig, max_length: int) -> None:
         super().__init__()
         self.input = nn.Linear(embedding_dim, width)
         self.positions = nn.Embedding(max_length, width)
         self.norm = nn.LayerNorm(width)
-        self.blocks = nn.ModuleList(
-            Block(width, config.heads, config.mlp_ratio, config.dropout, cross_attention=False, rope=config.rope)
-            for _ in range(config.encoder_depth)
-        )
+        self.blocks = nn.ModuleList(config.make_block(cross_attention=False) for _ in range(config.encoder_depth))
+        self.final_norm = final_norm(config.block, width)
 
     def forward(self, source_embeddings: torch.Tensor, source_mask: torch.Tensor) -> torch.Tensor:
         positions = torch.arange(source_embeddings.shape[1], device=source_embeddings.device)
         h = self.norm(self.input(source_embeddings) + self.positions(positions))
         for block in self.blocks:
             h = block(h, source_mask)
-        return h
+        return self.final_norm(h)
 
 
 class PretrainedSourceEncoder(nn.Module):
@@ -100,6 +119,10 @@ class UShapedDenoiser(nn.Module):
     The first half of the blocks push their inputs on a stack; block ``half + i``
     adds the input of block ``half - 1 - i`` (long skips). Each block has its own
     projection of the time embedding, added to the stream before the block.
+    The source is read by cross-attention in every block, or (``conditioning:
+    concat``) joined to the target as ``[target; source]`` with segment
+    embeddings; the target goes first so that its rotary positions do not
+    depend on how far the batch's sources are padded.
     """
 
     def __init__(self, embedding_dim: int, config: DenoiserConfig, max_length: int, max_source_length: int) -> None:
@@ -111,11 +134,11 @@ class UShapedDenoiser(nn.Module):
         self.positions = nn.Embedding(max_length, width)
         self.time_embedding = TimeEmbedding(width)
         self.time_projections = nn.ModuleList(nn.Linear(width, width) for _ in range(config.depth))
-        conditional = config.source_encoder != "none"
-        self.blocks = nn.ModuleList(
-            Block(width, config.heads, config.mlp_ratio, config.dropout, cross_attention=conditional, rope=config.rope)
-            for _ in range(config.depth)
-        )
+        self.concat = self.conditional and config.conditioning == "concat"
+        self.segments = nn.Embedding(2, width) if self.concat else None
+        cross_attention = self.conditional and not self.concat
+        self.blocks = nn.ModuleList(config.make_block(cross_attention) for _ in range(config.depth))
+        self.final_norm = final_norm(config.block, width)
         self.output = nn.Linear(width, embedding_dim)
 
     @property
@@ -134,10 +157,16 @@ class UShapedDenoiser(nn.Module):
 
         ``previous`` is the self-conditioning input (a detached earlier prediction of ``e0``).
         """
-        positions = torch.arange(x_t.shape[1], device=x_t.device)
-        h = self.input(x_t) + self.positions(positions)
+        if self.conditional and source is None:
+            raise ValueError("this denoiser conditions on a source, but no source encoding was given")
+        length = x_t.shape[1]
+        h = self.input(x_t) + self.positions(torch.arange(length, device=x_t.device))
         if self.previous_input is not None:
             h = h + self.previous_input(torch.zeros_like(x_t) if previous is None else previous)
+        padding_mask = None
+        if self.concat:
+            h, padding_mask = self._join_source(h, source, source_mask)
+            source = source_mask = None
         time = self.time_embedding(t)
         half = len(self.blocks) // 2
         skips = []
@@ -146,5 +175,16 @@ class UShapedDenoiser(nn.Module):
                 skips.append(h)
             else:
                 h = h + skips.pop()
-            h = block(h + time_projection(time)[:, None], context=source, context_mask=source_mask)
-        return self.output(h)
+            h = block(h + time_projection(time)[:, None], padding_mask, source, source_mask)
+        return self.output(self.final_norm(h[:, :length]))
+
+    def _join_source(
+        self, target: torch.Tensor, source: torch.Tensor, source_mask: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``[target; source]`` with segment embeddings added, and its key mask (every target position is real)."""
+        target_segment, source_segment = self.segments.weight
+        joined = torch.cat([target + target_segment, source + source_segment], dim=1)
+        target_mask = torch.ones(target.shape[:2], dtype=torch.bool, device=target.device)
+        if source_mask is None:
+            source_mask = torch.ones(source.shape[:2], dtype=torch.bool, device=source.device)
+        return joined, torch.cat([target_mask, source_mask.bool()], dim=1)

@@ -1,4 +1,4 @@
-"""Transformer building blocks: attention through PyTorch SDPA, post-LN blocks, time embedding."""
+"""Transformer building blocks: attention through PyTorch SDPA, post-LN and pre-RMSNorm blocks, time embedding."""
 
 from __future__ import annotations
 
@@ -99,6 +99,72 @@ class Block(nn.Module):
                 raise ValueError("this block cross-attends to a source, but no source encoding was given")
             x = self.cross_norm(x + self.drop(self.cross_attention(x, context, context_mask)))
         return self.mlp_norm(x + self.drop(self.mlp(x)))
+
+
+class SwiGLU(nn.Module):
+    """``down(silu(gate(x)) * up(x))``; the hidden width is 2/3 of the plain MLP's, so both have the same size."""
+
+    def __init__(self, width: int, mlp_ratio: float) -> None:
+        super().__init__()
+        hidden = int(2 * width * mlp_ratio / 3)
+        self.gate_up = nn.Linear(width, 2 * hidden, bias=False)
+        self.down = nn.Linear(hidden, width, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        gate, up = self.gate_up(x).chunk(2, dim=-1)
+        return self.down(F.silu(gate) * up)
+
+
+class PreNormBlock(nn.Module):
+    """Pre-RMSNorm block with rotary positions and a SwiGLU MLP; cross-attends to the source like ``Block``.
+
+    The stream is not normalised on the way out: follow a stack of these with
+    ``final_norm("prenorm", width)``.
+    """
+
+    def __init__(self, width: int, heads: int, mlp_ratio: float, dropout: float, cross_attention: bool) -> None:
+        super().__init__()
+        self.self_norm = nn.RMSNorm(width)
+        self.self_attention = Attention(width, heads, dropout, rope=True)
+        self.cross_norm = nn.RMSNorm(width) if cross_attention else None
+        self.cross_attention = Attention(width, heads, dropout, rope=True) if cross_attention else None
+        self.mlp_norm = nn.RMSNorm(width)
+        self.mlp = SwiGLU(width, mlp_ratio)
+        self.drop = nn.Dropout(dropout)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        padding_mask: torch.Tensor | None = None,
+        context: torch.Tensor | None = None,
+        context_mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        h = self.self_norm(x)
+        x = x + self.drop(self.self_attention(h, h, padding_mask))
+        if self.cross_attention is not None:
+            if context is None:
+                raise ValueError("this block cross-attends to a source, but no source encoding was given")
+            x = x + self.drop(self.cross_attention(self.cross_norm(x), context, context_mask))
+        return x + self.drop(self.mlp(self.mlp_norm(x)))
+
+
+BLOCK_STYLES = ("postln", "prenorm")
+
+
+def make_block(
+    style: str, width: int, heads: int, mlp_ratio: float, dropout: float, cross_attention: bool, rope: bool
+) -> nn.Module:
+    """A block of ``style``: ``"postln"`` (BERT-like, RoPE if ``rope``) or ``"prenorm"`` (pre-RMSNorm, RoPE, SwiGLU)."""
+    if style == "prenorm":
+        return PreNormBlock(width, heads, mlp_ratio, dropout, cross_attention)
+    if style == "postln":
+        return Block(width, heads, mlp_ratio, dropout, cross_attention, rope)
+    raise ValueError(f"block style must be one of {list(BLOCK_STYLES)}, got {style!r}")
+
+
+def final_norm(style: str, width: int) -> nn.Module:
+    """What a stack of ``style`` blocks needs after its last block: RMSNorm for pre-norm, nothing for post-LN."""
+    return nn.RMSNorm(width) if style == "prenorm" else nn.Identity()
 
 
 class TimeEmbedding(nn.Module):

@@ -1,0 +1,83 @@
+"""The two extra losses that keep a trained embedding matrix ``E`` useful (METHOD section 4).
+
+Trained only by the x0 objective, ``E`` would collapse: the nearer the
+embeddings, the easier they are to predict. As in Diffusion-LM, two terms
+anchor it: prior matching at t = 1 (the forward process must still end at
+the prior) and a decoding cross-entropy at the smallest t (each embedding
+must still decode to its own token). Both are per position, so the caller
+chooses how to average them (e.g. over real tokens only). Neither holds a
+``[positions, V]`` tensor.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch.utils.checkpoint import checkpoint
+
+
+def prior_matching_loss(
+    clean: torch.Tensor, embeddings: torch.Tensor, mu: float | torch.Tensor, sigma0: float, prior_std: float
+) -> torch.Tensor:
+    """``mean_j (mu D0[i, j])^2 / (2 prior_std^2)`` for every row ``i`` of ``clean [N, d]``, ``[N]``.
+
+    That is ``KL(N(mu D0, s^2) || N(0, prior_std^2))`` per logit, less the
+    terms that do not depend on ``E``. With ``a = |e|^2``, ``b_j = |E_j|^2``
+    and ``c_j = e . E_j``, ``sum_j (a + b_j - 2 c_j)^2`` expands into
+    ``V a^2 + sum b^2 + 2 a sum b + 4 e^T (E^T E) e - 4 a e . sum_j E_j - 4 e . sum_j b_j E_j``,
+    which needs only ``d x d`` statistics of ``E`` instead of the distances.
+    """
+    with torch.autocast(device_type=clean.device.type, enabled=False):  # the expansion cancels large terms: fp32
+        e, vocab = clean.float(), embeddings.float()
+        a = e.pow(2).sum(-1)
+        b = vocab.pow(2).sum(-1)
+        gram = vocab.T @ vocab
+        sum_of_squared_distances_squared = (
+            vocab.shape[0] * a.pow(2)
+            + b.pow(2).sum()
+            + 2 * a * b.sum()
+            + 4 * ((e @ gram) * e).sum(-1)
+            - 4 * a * (e @ vocab.sum(0))
+            - 4 * (e @ (b @ vocab))
+        )
+    mean_d0_squared = sum_of_squared_distances_squared / (vocab.shape[0] * 4 * sigma0**4)
+    return mu**2 * mean_d0_squared / (2 * prior_std**2)
+
+
+def decoding_cross_entropy(
+    clean: torch.Tensor,
+    rows: torch.Tensor,
+    embeddings: torch.Tensor,
+    mu: float,
+    std: float,
+    sigma0: float,
+    seed: int,
+    chunk_size: int = 4096,
+) -> torch.Tensor:
+    """``-log softmax(mu D0(e_i) + std eps)[rows_i]`` for every row of ``clean [N, d]``, ``[N]``.
+
+    ``D0`` drops ``-|e_i|^2 / (2 sigma0^2)``, which is the same for every
+    ``j`` and cancels. Each vocabulary chunk runs under activation
+    checkpointing, so backward recomputes its logits instead of keeping them;
+    the chunk starting at row ``start`` draws its noise from a generator
+    seeded with ``seed + start``, so the recomputation sees the same noise.
+    """
+    e, vocab = clean.float(), embeddings.float()
+
+    def chunk_terms(chunk: torch.Tensor, start: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Log-normaliser of the chunk's logits, and the true row's logit where it lies in the chunk (else 0)."""
+        d0 = (e @ chunk.T - chunk.pow(2).sum(-1) / 2) / sigma0**2
+        generator = torch.Generator(device=e.device).manual_seed(seed + start)
+        logits = mu * d0 + std * torch.randn(d0.shape, generator=generator, device=e.device)
+        inside = (rows >= start) & (rows < start + chunk.shape[0])
+        local = (rows - start).clamp(0, chunk.shape[0] - 1)
+        true_logit = logits.gather(1, local[:, None]).squeeze(1)
+        return logits.logsumexp(dim=1), torch.where(inside, true_logit, 0.0)
+
+    normalisers, true_logits = [], []
+    with torch.autocast(device_type=clean.device.type, enabled=False):
+        for start in range(0, vocab.shape[0], chunk_size):
+            chunk = vocab[start : start + chunk_size]
+            normaliser, true_logit = checkpoint(chunk_terms, chunk, start, use_reentrant=False)
+            normalisers.append(normaliser)
+            true_logits.append(true_logit)
+    return torch.stack(normalisers).logsumexp(dim=0) - torch.stack(true_logits).sum(dim=0)

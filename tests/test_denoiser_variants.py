@@ -1,0 +1,100 @@
+"""Block styles and conditioning modes: every combination reads the source, and only its real positions."""
+
+import itertools
+import math
+
+import pytest
+import torch
+
+from smoothie_pl.models import DenoiserConfig
+from smoothie_pl.models.layers import Block, PreNormBlock, SwiGLU
+from smoothie_pl.module import SmoothieModule
+
+COMBINATIONS = list(itertools.product(("postln", "prenorm"), ("cross_attention", "concat"), ("scratch", "pretrained")))
+
+
+def variant_module(word_model, **denoiser) -> SmoothieModule:
+    config = DenoiserConfig(width=32, depth=2, heads=2, encoder_depth=1, dropout=0.0, **denoiser)
+    torch.manual_seed(0)
+    return SmoothieModule(embedding=word_model, denoiser=config, target_length=6, source_length=12).eval()
+
+
+def predict(module: SmoothieModule, source_ids: torch.Tensor, source_mask: torch.Tensor) -> torch.Tensor:
+    shape = (source_ids.shape[0], 6, module.embedding_matrix.shape[1])
+    x_t = torch.randn(shape, generator=torch.Generator().manual_seed(1))
+    t = torch.full((source_ids.shape[0],), 0.3)
+    with torch.no_grad():
+        return module.denoiser(x_t, t, module.encode_source(source_ids, source_mask), source_mask)
+
+
+def encode(module: SmoothieModule, texts: list[str], pad_to: int) -> tuple[torch.Tensor, torch.Tensor]:
+    encoded = module.tokenizer(texts, padding="max_length", max_length=pad_to, return_tensors="pt")
+    return encoded["input_ids"], encoded["attention_mask"].bool()
+
+
+@pytest.mark.parametrize("block, conditioning, source_encoder", COMBINATIONS)
+def test_every_combination_conditions_on_the_real_source_positions(word_model, block, conditioning, source_encoder):
+    module = variant_module(word_model, block=block, conditioning=conditioning, source_encoder=source_encoder)
+    ids, mask = encode(module, ["the cat sat on the mat", "love thy neighbour"], pad_to=10)
+    reference = predict(module, ids, mask)
+
+    other_ids, _ = encode(module, ["the lord is my shepherd", "love thy neighbour"], pad_to=10)
+    changed = predict(module, other_ids, mask)
+    assert not torch.allclose(changed[0], reference[0], atol=1e-4), "a different source must change the output"
+    torch.testing.assert_close(changed[1], reference[1])  # rows do not leak into each other
+
+    padded_ids = ids.masked_fill(~mask, module.tokenizer.convert_tokens_to_ids("god"))
+    torch.testing.assert_close(predict(module, padded_ids, mask), reference)  # padded positions are masked
+
+    wider_ids, wider_mask = encode(module, ["the cat sat on the mat", "love thy neighbour"], pad_to=12)
+    torch.testing.assert_close(predict(module, wider_ids, wider_mask), reference)  # nor does the padding width matter
+
+
+@pytest.mark.parametrize("block", ["postln", "prenorm"])
+def test_unconditional_denoiser_needs_no_source(word_model, block):
+    module = variant_module(word_model, block=block, source_encoder="none", conditioning="concat")
+    assert module.source_encoder is None and module.denoiser.segments is None
+    x_t = torch.randn(2, 6, module.embedding_matrix.shape[1])
+    assert module.denoiser(x_t, torch.full((2,), 0.5)).shape == x_t.shape
+
+
+def test_conditional_denoiser_refuses_a_missing_source(word_model):
+    module = variant_module(word_model, conditioning="concat")
+    with pytest.raises(ValueError, match="no source encoding"):
+        module.denoiser(torch.randn(1, 6, module.embedding_matrix.shape[1]), torch.full((1,), 0.5))
+
+
+def test_prenorm_block_is_the_identity_when_its_branches_output_zero():
+    # Pre-norm: x + f(norm(x)); with every branch's last projection zeroed the block passes x through.
+    # The post-LN block normalises the stream itself, so it does not.
+    torch.manual_seed(0)
+    x, context = torch.randn(2, 5, 8) * 3 + 1, torch.randn(2, 4, 8)
+    pre = PreNormBlock(8, 2, 4.0, 0.0, cross_attention=True)
+    post = Block(8, 2, 4.0, 0.0, cross_attention=True)
+    for block in (pre, post):
+        with torch.no_grad():
+            for linear in (block.self_attention.out, block.cross_attention.out, *[m for m in block.mlp.modules()][-1:]):
+                linear.weight.zero_()
+                if linear.bias is not None:
+                    linear.bias.zero_()
+    torch.testing.assert_close(pre(x, None, context), x)
+    assert not torch.allclose(post(x, None, context), x)
+    assert isinstance(pre.self_norm, torch.nn.RMSNorm) and pre.self_attention.rope and pre.cross_attention.rope
+
+
+def test_swiglu_matches_its_formula_and_the_plain_mlp_size():
+    mlp = SwiGLU(6, 4.0)  # hidden 2 * 6 * 4 / 3 = 16
+    x = torch.randn(3, 6)
+    gate, up = mlp.gate_up.weight[:16], mlp.gate_up.weight[16:]
+    a, b = x @ gate.T, x @ up.T
+    expected = (a / (1 + torch.exp(-a)) * b) @ mlp.down.weight.T
+    torch.testing.assert_close(mlp(x), expected)
+    plain = 2 * 6 * 24  # weights of Linear(6, 24) and Linear(24, 6)
+    assert math.isclose(sum(p.numel() for p in mlp.parameters()), plain, rel_tol=0.05)
+
+
+def test_unknown_block_and_conditioning_are_refused():
+    with pytest.raises(ValueError, match="denoiser.block"):
+        DenoiserConfig(block="preln")
+    with pytest.raises(ValueError, match="denoiser.conditioning"):
+        DenoiserConfig(conditioning="prefix")

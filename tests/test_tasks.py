@@ -271,3 +271,50 @@ def test_unconditional_model_trains_samples_and_scores_without_a_source(tmp_path
     (results,) = trainer.test(model, datamodule=data)
     assert 0.0 <= results["test/diversity"] <= 1.0  # needs no reference; MAUVE and perplexity need a model
     assert "test/mauve" not in results
+
+
+# ------------------------------------------------- separate source vocabulary
+@pytest.fixture(scope="module")
+def german_english_models(tmp_path_factory) -> tuple[str, str]:
+    """Word-level models over the IWSLT14 fixture's German (d = 8) and English (d = 16) words."""
+    from tests.conftest import make_word_model
+
+    def words(suffix: str) -> list[str]:
+        paths = (FIXTURES / "iwslt14_de_en").glob(f"*.{suffix}")
+        return sorted({word for path in paths for word in path.read_text().replace(".", " . ").split()})
+
+    german = make_word_model(tmp_path_factory.mktemp("german"), words("de"), dim=8)
+    english = make_word_model(tmp_path_factory.mktemp("english"), words("en"), dim=16, seed=1)
+    return str(german), str(english)
+
+
+def test_german_sources_use_their_own_tokenizer_and_embedding(german_english_models, tmp_path, monkeypatch):
+    german, english = german_english_models
+    monkeypatch.chdir(tmp_path)
+    from smoothie_pl.cli import build_cli
+
+    cli = build_cli(
+        [
+            "--config", str(Path(__file__).parent / "configs/tiny.yaml"),
+            "--model.embedding", english, "--model.source_embedding", german,
+            "--data", "smoothie_pl.data.IWSLT14DataModule",
+            "--data.init_args.data_dir", str(FIXTURES / "iwslt14_de_en"),
+            "--trainer.logger", "false",
+        ],
+        run=False,
+    )
+    data, model = cli.datamodule, cli.model
+    assert data.source_tokenizer_name == german  # linked from model.source_embedding
+    item, first = data.dataset("train")[0], data.dataset("train").pairs[0]
+    german_ids = [data.source_tokenizer.convert_tokens_to_ids(w) for w in first.source.split()]
+    assert item["source_ids"][1:-1] == german_ids and data.source_tokenizer.unk_token_id not in german_ids
+    batch = next(iter(data.train_dataloader()))
+    assert (batch["source_ids"][~batch["source_mask"]] == data.source_tokenizer.pad_token_id).all()
+    # The diffusion vocabulary is the English one only: German ids would index other rows.
+    english_ids = {i for ids in data.dataset("train").target_ids for i in ids}
+    assert english_ids <= set(model.vocabulary.tolist()) <= english_ids | set(data.tokenizer.all_special_ids)
+    assert model.source_encoder.input.in_features == 8 and model.embedding_matrix.shape[1] == 16
+    L.Trainer(accelerator="cpu", max_steps=1, limit_val_batches=0, logger=False, enable_progress_bar=False,
+              enable_checkpointing=False).fit(model, datamodule=data)
+    (text,) = model.generate([first.source], steps=2)
+    assert isinstance(text, str)

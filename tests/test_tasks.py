@@ -27,6 +27,7 @@ from smoothie_pl.data.base import Pair
 from smoothie_pl.module import SmoothieModule
 
 FIXTURES = Path(__file__).parent / "fixtures"
+ROC_SIZES = {"test_size": 3, "validation_size": 2}  # of the fixture's 14 stories
 TINY_DENOISER = {"width": 32, "depth": 2, "heads": 2, "encoder_depth": 1, "dropout": 0.0}
 
 
@@ -99,8 +100,9 @@ def test_paradetox_cuts_80_10_10_with_seed_0(tmp_path):
 
 
 def test_rocstories_joins_five_sentences_and_holds_out_test_stories_with_seed_0(tmp_path):
-    data = build(ROCStoriesDataModule, tmp_path, dataset=save_raw("rocstories", tmp_path), test_size=3, validation_size=2)
-    stories = [" ".join(row[f"sentence{i}"] for i in range(1, 6)) for row in rows(FIXTURES / "rocstories/raw/train.jsonl")]
+    data = build(ROCStoriesDataModule, tmp_path, dataset=save_raw("rocstories", tmp_path), **ROC_SIZES)
+    raw = rows(FIXTURES / "rocstories/raw/train.jsonl")
+    stories = [" ".join(row[f"sentence{i}"] for i in range(1, 6)) for row in raw]
     order = seeded_order(14, 0)
     assert sizes(data) == {"train": 9, "validation": 2, "test": 3}
     assert texts(data.read_split("test")) == [("", stories[i]) for i in order[:3]]
@@ -264,7 +266,7 @@ def test_one_training_step_and_one_generation(cls, source, tmp_path):
 
 # ---------------------------------------------------------- unconditional
 def test_unconditional_model_trains_samples_and_scores_without_a_source(tmp_path):
-    data = build(ROCStoriesDataModule, tmp_path, dataset=save_raw("rocstories", tmp_path), test_size=3, validation_size=2)
+    data = build(ROCStoriesDataModule, tmp_path, dataset=save_raw("rocstories", tmp_path), **ROC_SIZES)
     model, generated = step_and_generate(data, denoiser={"source_encoder": "none"})
     assert model.source_encoder is None and len(generated) == 2
     trainer = L.Trainer(accelerator="cpu", limit_test_batches=1, logger=False, enable_progress_bar=False)

@@ -185,7 +185,9 @@ class Seq2SeqDataModule(L.LightningDataModule):
             shuffle=shuffle,
             drop_last=shuffle,
             num_workers=self.num_workers,
-            collate_fn=PairCollator(self.tokenizer.pad_token_id, self.target_length, self.source_tokenizer.pad_token_id),
+            collate_fn=PairCollator(
+                self.tokenizer.pad_token_id, self.target_length, self.source_tokenizer.pad_token_id
+            ),
         )
 
     def train_dataloader(self) -> DataLoader:

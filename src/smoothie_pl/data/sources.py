@@ -72,7 +72,10 @@ def read_split_file(candidate: Path | tuple[Path, Path]) -> list[Pair]:
 
 
 def load_raw_dataset(dataset: str | None, config: str | None, looked_at: list[str]):
-    """A ``DatasetDict`` from a ``save_to_disk`` folder or the hub; ``None`` (with reasons in ``looked_at``) if neither."""
+    """A ``DatasetDict`` from a ``save_to_disk`` folder or the hub; ``None`` if neither.
+
+    What was tried and why it failed is appended to ``looked_at``.
+    """
     if dataset is None:
         return None
     import datasets

@@ -278,7 +278,9 @@ class TranslationDataModule(TaskDataModule):
     text_suffixes = ("de", "en")
 
     def make_splits(self, raw) -> dict[str, list[Pair]]:
-        return {split: [Pair(row["translation"]["de"], row["translation"]["en"]) for row in raw[split]] for split in SPLITS}
+        return {
+            split: [Pair(row["translation"]["de"], row["translation"]["en"]) for row in raw[split]] for split in SPLITS
+        }
 
 
 class IWSLT14DataModule(TranslationDataModule):

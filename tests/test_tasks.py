@@ -199,6 +199,11 @@ def test_some_split_files_without_the_others_are_refused(tmp_path):
         NewselaAutoDataModule(data_dir=str(tmp_path)).prepare_data()
 
 
+def test_a_task_without_a_split_procedure_refuses_a_raw_dataset(tmp_path):
+    with pytest.raises(ValueError, match="reads only prepared split files"):
+        NewselaAutoDataModule(data_dir=str(tmp_path / "newsela"), dataset=save_raw("xsum", tmp_path)).prepare_data()
+
+
 def test_parallel_files_of_different_lengths_are_refused(tmp_path):
     for stem in ("train", "valid", "test"):
         (tmp_path / f"{stem}.de").write_text("eins\nzwei\n")

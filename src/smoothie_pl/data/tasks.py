@@ -69,7 +69,10 @@ class TaskDataModule(Seq2SeqDataModule):
 
     def make_splits(self, raw) -> dict[str, list[Pair]]:
         """The paper's train / validation / test pairs from the raw ``DatasetDict``."""
-        raise NotImplementedError
+        raise ValueError(
+            f"{type(self).__name__} reads only prepared split files, not a raw dataset: "
+            f"put them in {self.data_dir} ({', '.join(self._describe_candidates('train'))}, ...)"
+        )
 
     def prepare_data(self) -> None:
         found = {split: find_split_file(self.data_dir, split, self.text_suffixes) for split in SPLITS}

@@ -193,6 +193,41 @@ def test_missing_data_lists_every_path_looked_at(tmp_path, monkeypatch):
     assert f"save_to_disk folder at {Path('nyu-mll/glue')}" in message
 
 
+def online(monkeypatch, load_dataset) -> list[tuple]:
+    """Pretend to be online: ``datasets.load_dataset`` is ``load_dataset``; returns the calls made."""
+    import datasets
+
+    calls = []
+    for variable in ("HF_DATASETS_OFFLINE", "HF_HUB_OFFLINE"):
+        monkeypatch.delenv(variable, raising=False)
+
+    def recording(*args):
+        calls.append(args)
+        return load_dataset(*args)
+
+    monkeypatch.setattr(datasets, "load_dataset", recording)
+    return calls
+
+
+def test_online_the_hub_dataset_of_method_is_loaded(tmp_path, monkeypatch):
+    import datasets
+
+    folder = save_raw("wmt14_de_en", tmp_path)
+    calls = online(monkeypatch, lambda *args: datasets.load_from_disk(folder))
+    data = WMT14DataModule(data_dir=str(tmp_path / "wmt14"))
+    assert len(data.read_split("test")) == 3
+    assert calls == [("wmt/wmt14", "de-en")]
+
+
+def test_a_failing_hub_is_reported_with_the_local_paths(tmp_path, monkeypatch):
+    def unreachable(*args):
+        raise ConnectionError("no route to huggingface.co")
+
+    online(monkeypatch, unreachable)
+    with pytest.raises(FileNotFoundError, match=r"(?s)xsum/train.jsonl.*'EdinburghNLP/xsum': ConnectionError: no route"):
+        XSumDataModule(data_dir=str(tmp_path / "xsum")).prepare_data()
+
+
 def test_some_split_files_without_the_others_are_refused(tmp_path):
     (tmp_path / "train.jsonl").write_text(json.dumps({"src": "a", "trg": "b"}) + "\n")
     with pytest.raises(FileNotFoundError, match="not the validation, test split"):

@@ -239,6 +239,12 @@ def test_a_task_without_a_split_procedure_refuses_a_raw_dataset(tmp_path):
         NewselaAutoDataModule(data_dir=str(tmp_path / "newsela"), dataset=save_raw("xsum", tmp_path)).prepare_data()
 
 
+def test_a_raw_dataset_of_another_schema_is_refused_naming_the_field(tmp_path):
+    xsum = save_raw("xsum", tmp_path)
+    with pytest.raises(ValueError, match=r"QQPDataModule needs the split or field 'label'; the dataset has .*'document'"):
+        QQPDataModule(data_dir=str(tmp_path / "qqp"), dataset=xsum).prepare_data()
+
+
 def test_parallel_files_of_different_lengths_are_refused(tmp_path):
     for stem in ("train", "valid", "test"):
         (tmp_path / f"{stem}.de").write_text("eins\nzwei\n")

@@ -88,7 +88,14 @@ class TaskDataModule(Seq2SeqDataModule):
         raw = load_raw_dataset(self.raw_dataset, self.raw_config, looked_at)
         if raw is None:
             raise no_data_error(type(self).__name__, looked_at)
-        for split, pairs in self.make_splits(raw).items():
+        try:
+            splits = self.make_splits(raw)
+        except KeyError as err:
+            raise ValueError(
+                f"{self.raw_dataset}: {type(self).__name__} needs the split or field {err}; "
+                f"the dataset has {raw.column_names}"
+            ) from None
+        for split, pairs in splits.items():
             write_jsonl_atomically(self.data_dir / PREPARED[split], [self.record(pair) for pair in pairs])
 
     def record(self, pair: Pair) -> dict:

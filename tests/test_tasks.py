@@ -155,6 +155,15 @@ def test_task_lengths_are_the_papers():
         assert (data.target_length, data.source_length) == (target_length, source_length), cls.__name__
 
 
+def test_documents_and_summaries_are_cut_to_the_lengths(tmp_path):
+    data = build(XSumDataModule, tmp_path, dataset=save_raw("xsum", tmp_path), target_length=5, source_length=8)
+    train = data.dataset("train")
+    assert max(map(len, train.source_ids)) == 8 and train.source_ids[0][-1] == data.tokenizer.sep_token_id
+    assert max(map(len, train.target_ids)) == 5
+    batch = next(iter(data.val_dataloader()))
+    assert batch["target_ids"].shape == (2, 5) and batch["source_ids"].shape == (2, 8)
+
+
 # ------------------------------------------------------------- QQP swap
 def draws(dataset, n: int) -> list[bool]:
     """Whether each of ``n`` draws of item 0 came out swapped."""

@@ -108,6 +108,8 @@ def test_generation_metrics_are_logged_with_the_example_table(fitted):
     trainer, _, _, recorder = fitted
     for name in ("sacrebleu", "bleu", "rougeL", "div4"):
         assert math.isfinite(float(trainer.callback_metrics[f"val/{name}"]))
+    # No metric set given: the model's ("demo"), whose tracked metric is also logged as val/tracked.
+    assert float(trainer.callback_metrics["val/tracked"]) == float(trainer.callback_metrics["val/sacrebleu"])
     for step in (2, 4):
         lines = (Path(trainer.log_dir) / f"examples_step{step}.jsonl").read_text().splitlines()
         rows = [json.loads(line) for line in lines]

@@ -52,13 +52,6 @@ def test_fit_test_predict_end_to_end(tmp_path):
     assert [record["reference"] for record in records] == [pair["trg"] for pair in test_split[:4]]
 
 
-@pytest.mark.parametrize("config", sorted((ROOT / "lightning_configs").glob("*.yaml")), ids=lambda path: path.name)
-def test_every_shipped_config_instantiates(config, tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
-    cli = build_cli(["--config", str(config), "--trainer.logger=false"], run=False)
-    assert cli.model.hparams.target_length == cli.datamodule.target_length
-
-
 def test_unknown_config_key_is_refused(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     with pytest.raises(SystemExit):

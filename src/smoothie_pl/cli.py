@@ -42,6 +42,7 @@ class SmoothieCLI(LightningCLI):
         parser.add_lightning_class_args(SmoothieEMA, "ema")
         parser.add_lightning_class_args(JsonlPredictionWriter, "prediction_writer")
         parser.link_arguments("model.embedding", "data.init_args.tokenizer")
+        parser.link_arguments("model.source_embedding", "data.init_args.source_tokenizer")
         parser.link_arguments("model.target_length", "data.init_args.target_length")
         parser.link_arguments("model.source_length", "data.init_args.source_length")
         parser.link_arguments("data", "model.vocabulary", compute_fn=data_vocabulary, apply_on="instantiate")

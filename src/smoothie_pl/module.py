@@ -61,6 +61,8 @@ class SmoothieModule(L.LightningModule):
         embedding: Hugging Face name or local path of the model whose input
             embeddings are diffused over (frozen, standardised); ``None`` is the
             packaged offline MiniLM.
+        source_embedding: a different model whose embeddings (and tokenizer)
+            the sources use, e.g. a German one for de->en; ``None``: ``embedding``.
         per_feature_standardisation: standardise ``E`` per column instead of with one scalar mean and std.
         train_embeddings: put ``E`` in the optimiser, with the prior-matching and
             decoding losses of METHOD section 4 added to the x0 loss (off: ``E`` is
@@ -99,6 +101,7 @@ class SmoothieModule(L.LightningModule):
     def __init__(
         self,
         embedding: str | None = None,
+        source_embedding: str | None = None,
         per_feature_standardisation: bool = False,
         train_embeddings: bool = False,
         masked_loss: bool = False,
@@ -150,13 +153,19 @@ class SmoothieModule(L.LightningModule):
         rows = torch.arange(embedding_matrix.shape[0]) if vocabulary is None else torch.tensor(sorted(vocabulary))
         self._build_space(rows)
 
+        if source_embedding is not None and denoiser.source_encoder == "scratch":
+            source_matrix = load_embedding_matrix(source_embedding, per_feature_standardisation)
+            self.register_buffer("source_embedding_matrix", source_matrix)
         dim = embedding_matrix.shape[1]
         self.denoiser = UShapedDenoiser(dim, denoiser, target_length, source_length)
         if denoiser.source_encoder == "scratch":
-            self.source_encoder = SourceEncoder(dim, denoiser.width, denoiser, source_length)
+            source_dim = self.source_embedding_matrix.shape[1] if source_embedding is not None else dim
+            self.source_encoder = SourceEncoder(source_dim, denoiser.width, denoiser, source_length)
         elif denoiser.source_encoder == "pretrained":
             self.source_encoder = PretrainedSourceEncoder(
-                resolve_embedding_source(embedding), denoiser.width, freeze=denoiser.freeze_source_encoder
+                resolve_embedding_source(source_embedding or embedding),
+                denoiser.width,
+                freeze=denoiser.freeze_source_encoder,
             )
         else:
             self.source_encoder = None
@@ -185,11 +194,17 @@ class SmoothieModule(L.LightningModule):
     def tokenizer(self):
         return load_tokenizer(self.hparams.embedding)
 
+    @property
+    def source_tokenizer(self):
+        return load_tokenizer(self.hparams.source_embedding or self.hparams.embedding)
+
     def encode_source(self, source_ids: torch.Tensor, source_mask: torch.Tensor) -> torch.Tensor | None:
         if self.source_encoder is None:
             return None
         if isinstance(self.source_encoder, PretrainedSourceEncoder):
             return self.source_encoder(source_ids, source_mask)
+        if self.hparams.source_embedding is not None:
+            return self.source_encoder(self.source_embedding_matrix[source_ids], source_mask)
         return self.source_encoder(self.embedding_matrix[source_ids], source_mask)
 
     def diffusion_loss(self, batch: dict, generator: torch.Generator) -> torch.Tensor:
@@ -359,7 +374,7 @@ class SmoothieModule(L.LightningModule):
         outputs = []
         for start in range(0, len(sources), batch_size):
             chunk = sources[start : start + batch_size]
-            encoded = self.tokenizer(
+            encoded = self.source_tokenizer(
                 chunk,
                 truncation=True,
                 max_length=self.hparams.source_length,

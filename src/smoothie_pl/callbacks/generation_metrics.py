@@ -30,10 +30,13 @@ class GenerationMetrics(Callback):
     :class:`~smoothie_pl.data.base.Seq2SeqDataModule`).
 
     Args:
-        metric_set: a name of :data:`smoothie_pl.metrics.METRIC_SETS`; each
-            metric is logged as ``val/<name>``, the tracked one on the progress bar.
+        metric_set: a name of :data:`smoothie_pl.metrics.METRIC_SETS` (``None``:
+            the model's ``metric_set``); each metric is logged as ``val/<name>``,
+            the tracked one on the progress bar and also as ``val/tracked``, so one
+            ``ModelCheckpoint(monitor="val/tracked", mode="max")`` serves every task.
         metric_options: keyword arguments of :class:`TextMetrics` (e.g.
-            ``bertscore_model``), without which model-based metrics are skipped.
+            ``bertscore_model``), without which model-based metrics are skipped
+            (``None`` with ``metric_set=None``: the model's ``metric_options``).
         num_examples: the first pairs of the validation split that are generated.
         steps, seed, batch_size: passed to ``generate`` (``None``: the model's
             ``sampling_steps`` and ``seed``), so every run sees the same noise.
@@ -55,7 +58,7 @@ class GenerationMetrics(Callback):
 
     def __init__(
         self,
-        metric_set: str = "demo",
+        metric_set: str | None = None,
         metric_options: dict | None = None,
         num_examples: int = 32,
         steps: int | None = None,
@@ -66,7 +69,8 @@ class GenerationMetrics(Callback):
     ) -> None:
         if num_examples <= 0:
             raise ValueError(f"generation_metrics.num_examples must be positive, got {num_examples}")
-        self.metrics = TextMetrics(metric_set, **(metric_options or {}))
+        self.metrics = TextMetrics(metric_set, **(metric_options or {})) if metric_set else None
+        self.metric_options = metric_options
         self.num_examples = num_examples
         self.steps = steps
         self.seed = seed
@@ -75,7 +79,10 @@ class GenerationMetrics(Callback):
         self.show = show
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
-        """Fail before training, not at the first validation, when there is no split to read pairs from."""
+        """Take the model's metric set if none was given; fail before training when there is no split to read."""
+        if self.metrics is None:
+            options = self.metric_options if self.metric_options is not None else pl_module.hparams.metric_options
+            self.metrics = TextMetrics(pl_module.hparams.metric_set, **(options or {}))
         if stage in ("fit", "validate") and not hasattr(trainer.datamodule, "dataset"):
             raise ValueError(
                 "GenerationMetrics reads its pairs from `trainer.datamodule.dataset('validation')`: "
@@ -100,6 +107,8 @@ class GenerationMetrics(Callback):
         for name, value in self.metrics.compute().items():  # compute gathers the states of every rank
             # sync_dist is then a no-op average of equal values; it keeps Lightning's DDP warning quiet.
             pl_module.log(f"val/{name}", value, batch_size=1, sync_dist=True, prog_bar=name == self.metrics.tracked)
+            if name == self.metrics.tracked:
+                pl_module.log("val/tracked", value, batch_size=1, sync_dist=True)
 
         rows = [dict(zip(FIELDS, row)) for row in zip(indices, sources, references, predictions)]
         if trainer.world_size > 1:

@@ -27,13 +27,21 @@ class Pair:
 
 
 class TokenizedPairs(Dataset):
-    """Pairs with their token ids; item ``i`` remembers its index for prediction writing."""
+    """Pairs with their token ids; item ``i`` remembers its index for prediction writing.
 
-    def __init__(self, pairs: list[Pair], tokenizer, target_length: int, source_length: int) -> None:
+    ``source_tokenizer`` (default: ``tokenizer``) tokenises the sources, e.g. German ones.
+    """
+
+    def __init__(
+        self, pairs: list[Pair], tokenizer, target_length: int, source_length: int, source_tokenizer=None
+    ) -> None:
         self.pairs = pairs
         sources = [pair.source for pair in pairs]
         targets = [pair.target for pair in pairs]
-        self.source_ids = tokenizer(sources, truncation=True, max_length=source_length)["input_ids"] if pairs else []
+        source_tokenizer = source_tokenizer or tokenizer
+        self.source_ids = (
+            source_tokenizer(sources, truncation=True, max_length=source_length)["input_ids"] if pairs else []
+        )
         self.target_ids = (
             tokenizer(targets, add_special_tokens=False, truncation=True, max_length=target_length)["input_ids"]
             if pairs
@@ -56,15 +64,16 @@ class TokenizedPairs(Dataset):
 class PairCollator:
     """Pads targets to the fixed length and sources to the longest source of the batch."""
 
-    def __init__(self, pad_id: int, target_length: int) -> None:
+    def __init__(self, pad_id: int, target_length: int, source_pad_id: int | None = None) -> None:
         self.pad_id = pad_id
         self.target_length = target_length
+        self.source_pad_id = pad_id if source_pad_id is None else source_pad_id
 
     def __call__(self, items: list[dict]) -> dict:
         batch = len(items)
         targets = torch.full((batch, self.target_length), self.pad_id, dtype=torch.long)
         source_width = max(1, max(len(item["source_ids"]) for item in items))
-        sources = torch.full((batch, source_width), self.pad_id, dtype=torch.long)
+        sources = torch.full((batch, source_width), self.source_pad_id, dtype=torch.long)
         source_mask = torch.zeros(batch, source_width, dtype=torch.bool)
         for row, item in enumerate(items):
             targets[row, : len(item["target_ids"])] = torch.tensor(item["target_ids"], dtype=torch.long)
@@ -86,6 +95,8 @@ class Seq2SeqDataModule(L.LightningDataModule):
     Args:
         tokenizer: Hugging Face name or local path (linked to ``model.embedding``
             by the CLI); ``None`` is the packaged offline MiniLM.
+        source_tokenizer: a different tokenizer for the sources (linked to
+            ``model.source_embedding``); ``None`` uses ``tokenizer``.
         target_length, source_length: ``L`` and ``Lc`` (linked from the model).
         restrict_vocabulary: diffuse only over the tokens of the training split
             (plus special tokens); see ``vocabulary``.
@@ -102,6 +113,7 @@ class Seq2SeqDataModule(L.LightningDataModule):
         num_workers: int = 0,
         restrict_vocabulary: bool = False,
         predict_split: str = "test",
+        source_tokenizer: str | None = None,
     ) -> None:
         super().__init__()
         for name, value in (("target_length", target_length), ("source_length", source_length), ("batch_size", batch_size)):
@@ -110,6 +122,7 @@ class Seq2SeqDataModule(L.LightningDataModule):
         if predict_split not in SPLITS:
             raise ValueError(f"data.predict_split must be one of {SPLITS}, got {predict_split!r}")
         self.tokenizer_name = tokenizer
+        self.source_tokenizer_name = source_tokenizer
         self.target_length = target_length
         self.source_length = source_length
         self.batch_size = batch_size
@@ -127,26 +140,36 @@ class Seq2SeqDataModule(L.LightningDataModule):
     def tokenizer(self):
         return load_tokenizer(self.tokenizer_name)
 
+    @property
+    def source_tokenizer(self):
+        return load_tokenizer(self.source_tokenizer_name) if self.source_tokenizer_name else self.tokenizer
+
     def dataset(self, split: str) -> TokenizedPairs:
         if split not in self.datasets:
             pairs = self.read_split(split)
             if not pairs:
                 raise ValueError(f"the {split} split of {type(self).__name__} is empty")
-            self.datasets[split] = TokenizedPairs(pairs, self.tokenizer, self.target_length, self.source_length)
+            self.datasets[split] = self.tokenize(split, pairs)
         return self.datasets[split]
+
+    def tokenize(self, split: str, pairs: list[Pair]) -> TokenizedPairs:
+        """The dataset of ``split``; a task overrides it to change how items are drawn (e.g. QQP's swap)."""
+        return TokenizedPairs(pairs, self.tokenizer, self.target_length, self.source_length, self.source_tokenizer)
 
     def vocabulary(self) -> list[int] | None:
         """Token ids the diffusion runs over: ``None`` (all) unless ``restrict_vocabulary``.
 
         The restricted set is every token of the training split's sources and
         targets plus the special tokens; decoding stays exact over these rows.
+        Sources count only when they share the targets' tokenizer.
         """
         if not self.restrict_vocabulary:
             return None
         self.prepare_data()
         train = self.dataset("train")
         ids = set(self.tokenizer.all_special_ids)
-        for sequence in (*train.source_ids, *train.target_ids):
+        sources = train.source_ids if self.source_tokenizer_name is None else []
+        for sequence in (*sources, *train.target_ids):
             ids.update(sequence)
         return sorted(ids)
 
@@ -162,7 +185,9 @@ class Seq2SeqDataModule(L.LightningDataModule):
             shuffle=shuffle,
             drop_last=shuffle,
             num_workers=self.num_workers,
-            collate_fn=PairCollator(self.tokenizer.pad_token_id, self.target_length),
+            collate_fn=PairCollator(
+                self.tokenizer.pad_token_id, self.target_length, self.source_tokenizer.pad_token_id
+            ),
         )
 
     def train_dataloader(self) -> DataLoader:

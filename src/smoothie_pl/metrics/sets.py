@@ -23,6 +23,8 @@ METRIC_SETS: dict[str, tuple[str, ...]] = {
     "simplification": ("sari", "bleu", "bertscore", "rougeL"),
     "translation": ("sacrebleu", "bleu"),
     "unconditional": ("diversity", "mauve", "perplexity"),
+    # ParaDetox: the paper tracks J-score (style x similarity x fluency classifiers), not implemented here
+    "detoxification": ("bleu", "sacrebleu", "perplexity"),
     "demo": ("sacrebleu", "bleu", "rougeL", "div4"),
 }
 _ROUGE_TYPES = ("rouge1", "rouge2", "rougeL")

@@ -9,12 +9,15 @@ computed against the untouched references.
 
 from __future__ import annotations
 
+import os
+from collections.abc import Set
 from dataclasses import dataclass
 
 import lightning as L
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from smoothie_pl.data.samplers import BatchShardSampler, ResumableShuffleSampler
 from smoothie_pl.embeddings import load_tokenizer
 
 SPLITS = ("train", "validation", "test")
@@ -118,6 +121,7 @@ class Seq2SeqDataModule(L.LightningDataModule):
         self.restrict_vocabulary = restrict_vocabulary
         self.predict_split = predict_split
         self.datasets: dict[str, TokenizedPairs] = {}
+        self.predict_skip: Set[int] = frozenset()  # indices already predicted (set by the prediction writer)
 
     def read_split(self, split: str) -> list[Pair]:
         """Every pair of ``split`` (one of ``SPLITS``)."""
@@ -155,15 +159,30 @@ class Seq2SeqDataModule(L.LightningDataModule):
         for split in needed.get(stage, (self.predict_split,)):
             self.dataset(split)
 
-    def _loader(self, split: str, shuffle: bool) -> DataLoader:
+    def _loader(self, split: str, shuffle: bool, skip: Set[int] = frozenset()) -> DataLoader:
+        """Shuffled training batches, or evaluation batches dealt whole to the ranks (``data.samplers``)."""
+        dataset = self.dataset(split)
+        ranks = {"num_replicas": self.trainer.world_size, "rank": self.trainer.global_rank} if self.trainer else {}
+        batch_size = self.batch_size if shuffle else self.eval_batch_size
+        if shuffle:
+            sampler = ResumableShuffleSampler(dataset, seed=int(os.environ.get("PL_GLOBAL_SEED", 0)), **ranks)
+            sampler.resume_at(self._trained_samples_this_epoch())
+        else:
+            sampler = BatchShardSampler(dataset, batch_size, skip=skip, **ranks)
         return DataLoader(
-            self.dataset(split),
-            batch_size=self.batch_size if shuffle else self.eval_batch_size,
-            shuffle=shuffle,
+            dataset,
+            batch_size=batch_size,
+            sampler=sampler,
             drop_last=shuffle,
             num_workers=self.num_workers,
             collate_fn=PairCollator(self.tokenizer.pad_token_id, self.target_length),
         )
+
+    def _trained_samples_this_epoch(self) -> int:
+        """Samples this rank trained on in the current epoch before the checkpoint a run resumes from."""
+        if self.trainer is None or not self.trainer.fit_loop.restarting:
+            return 0
+        return self.trainer.fit_loop.epoch_loop.batch_progress.current.completed * self.batch_size
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", shuffle=True)
@@ -175,4 +194,4 @@ class Seq2SeqDataModule(L.LightningDataModule):
         return self._loader("test", shuffle=False)
 
     def predict_dataloader(self) -> DataLoader:
-        return self._loader(self.predict_split, shuffle=False)
+        return self._loader(self.predict_split, shuffle=False, skip=self.predict_skip)

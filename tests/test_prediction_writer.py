@@ -1,0 +1,103 @@
+"""Predictions are never overwritten silently, an interrupted predict resumes, evaluation batches shard without repeats."""
+
+import json
+
+import lightning as L
+import pytest
+import torch
+from lightning.pytorch.callbacks import Callback
+
+from smoothie_pl.callbacks import JsonlPredictionWriter
+from smoothie_pl.callbacks.prediction_writer import read_records
+from smoothie_pl.data.samplers import BatchShardSampler
+
+from .conftest import PAIRS
+from .test_module import pairs_data, tiny_module
+
+
+class Interrupt(Callback):
+    """Stands in for a killed job: fails after ``batches`` predict batches were written."""
+
+    def __init__(self, batches: int) -> None:
+        self.batches = batches
+
+    def on_predict_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
+        if batch_idx + 1 == self.batches:
+            raise RuntimeError("interrupted")
+
+
+def predict(word_model, pairs_dir, root, *callbacks, **writer_options):
+    trainer = L.Trainer(
+        accelerator="cpu",
+        logger=False,
+        enable_progress_bar=False,
+        default_root_dir=root,
+        callbacks=[JsonlPredictionWriter(**writer_options), *callbacks],
+    )
+    torch.manual_seed(0)  # the same weights in every call
+    module = tiny_module(word_model, sampling_steps=2)
+    trainer.predict(module, datamodule=pairs_data(pairs_dir, word_model, eval_batch_size=2), return_predictions=False)
+
+
+def test_batch_shards_cover_each_index_once_in_single_process_batches():
+    dataset = list(range(7))  # batches [0, 1] [2, 3] [4, 5] [6]
+    assert list(BatchShardSampler(dataset, 2, num_replicas=2, rank=0)) == [0, 1, 4, 5]
+    assert list(BatchShardSampler(dataset, 2, num_replicas=2, rank=1)) == [2, 3, 6]
+    assert list(BatchShardSampler(dataset, 2, num_replicas=3, rank=2)) == [4, 5]
+    # Done batches are left out; a batch done only in part is predicted again.
+    assert list(BatchShardSampler(dataset, 2, skip={0, 1, 2})) == [2, 3, 4, 5, 6]
+
+
+def test_an_existing_prediction_file_is_refused_and_left_unchanged(word_model, pairs_dir, tmp_path):
+    output = tmp_path / "predictions.jsonl"
+    output.write_text('{"index": 0, "prediction": "mine"}\n')
+    with pytest.raises(FileExistsError, match="predictions.jsonl already exists.*'resume'.*'overwrite'"):
+        predict(word_model, pairs_dir, tmp_path)
+    assert output.read_text() == '{"index": 0, "prediction": "mine"}\n'
+    assert list(tmp_path.glob("*.part*")) == []
+
+
+def test_interrupted_predict_resumes_to_each_index_once(word_model, pairs_dir, tmp_path):
+    predict(word_model, pairs_dir, tmp_path / "whole")
+    whole = (tmp_path / "whole/predictions.jsonl").read_text()
+    assert [record["index"] for record in map(json.loads, whole.splitlines())] == list(range(len(PAIRS)))
+
+    root = tmp_path / "cut"
+    with pytest.raises(RuntimeError, match="interrupted"):
+        predict(word_model, pairs_dir, root, Interrupt(batches=2))
+    (part,) = root.glob("predictions.jsonl.part0-*")
+    assert [record["index"] for record in read_records(part)] == [0, 1, 2, 3]
+    with part.open("a") as out:  # a kill in the middle of the third batch's write
+        out.write('{"index": 4, "sour')
+    with pytest.raises(FileExistsError, match="part files"):
+        predict(word_model, pairs_dir, root)
+
+    predict(word_model, pairs_dir, root, if_exists="resume")
+    # Whole batches keep their noise, so the resumed file equals the uninterrupted one.
+    assert (root / "predictions.jsonl").read_text() == whole
+    assert list(root.glob("*.part*")) == []
+    predict(word_model, pairs_dir, root, if_exists="resume")  # nothing left to do: the file stays
+    assert (root / "predictions.jsonl").read_text() == whole
+
+
+def test_overwrite_replaces_the_file(word_model, pairs_dir, tmp_path):
+    (tmp_path / "predictions.jsonl").write_text('{"index": 0, "prediction": "old"}\n')
+    (tmp_path / "predictions.jsonl.part3").write_text('{"index": 5, "prediction": "stale"}\n')
+    predict(word_model, pairs_dir, tmp_path, if_exists="overwrite")
+    records = read_records(tmp_path / "predictions.jsonl")
+    assert [record["index"] for record in records] == list(range(len(PAIRS)))
+    assert [record["source"] for record in records] == [source for source, _ in PAIRS]
+    assert list(tmp_path.glob("*.part*")) == []
+
+
+def test_resuming_predictions_of_other_sources_is_refused(word_model, pairs_dir, tmp_path):
+    (tmp_path / "predictions.jsonl").write_text('{"index": 1, "source": "not in the split", "prediction": "x"}\n')
+    with pytest.raises(ValueError, match="index 1 was made for another source"):
+        predict(word_model, pairs_dir, tmp_path, if_exists="resume")
+
+
+def test_a_corrupt_line_inside_a_prediction_file_is_named(tmp_path):
+    path = tmp_path / "predictions.jsonl"
+    path.write_text('{"index": 0}\nnot json\n{"index": 2}\n')
+    with pytest.raises(ValueError, match=r"predictions.jsonl:2: not a prediction record"):
+        read_records(path)

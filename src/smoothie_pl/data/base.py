@@ -182,7 +182,9 @@ class Seq2SeqDataModule(L.LightningDataModule):
         """Samples this rank trained on in the current epoch before the checkpoint a run resumes from."""
         if self.trainer is None or not self.trainer.fit_loop.restarting:
             return 0
-        return self.trainer.fit_loop.epoch_loop.batch_progress.current.completed * self.batch_size
+        batches = self.trainer.fit_loop.epoch_loop.batch_progress.current.processed
+        per_epoch = len(self.dataset("train")) // (self.batch_size * self.trainer.world_size)
+        return batches * self.batch_size if batches < per_epoch else 0  # a full epoch: the next one starts afresh
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", shuffle=True)

@@ -1,0 +1,76 @@
+"""`smoothie fit` resumes from the run's last.ckpt and ends where an uninterrupted run ends, bit for bit."""
+
+import pytest
+import torch
+import yaml
+
+from smoothie_pl.cli import build_cli
+
+STEPS, STOP = 6, 3  # 8 pairs in batches of 2: the stop falls inside the first epoch, the end inside the second
+
+
+def write_config(path, word_model, pairs_dir, root):
+    files = {f"{split}_file": str(pairs_dir / f"{split}.jsonl") for split in ("train", "validation", "test")}
+    config = {
+        "seed_everything": 0,
+        "trainer": {
+            "accelerator": "cpu",
+            "devices": 1,
+            "default_root_dir": str(root),
+            "logger": False,
+            "enable_progress_bar": False,
+            "enable_model_summary": False,
+            "limit_val_batches": 0,
+            "callbacks": [
+                {
+                    "class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
+                    "init_args": {"save_last": True, "every_n_train_steps": 1},
+                }
+            ],
+        },
+        "model": {
+            "embedding": word_model,
+            "target_length": 8,
+            "source_length": 10,
+            "warmup_steps": 4,
+            "lr": 1e-2,
+            # The paper's dropout stays on: its masks must also be drawn again identically.
+            "denoiser": {"width": 32, "depth": 2, "heads": 2, "encoder_depth": 1, "self_conditioning": True},
+        },
+        "data": {"class_path": "smoothie_pl.data.JsonlDataModule", "init_args": {**files, "batch_size": 2}},
+        "ema": {"decay": 0.9},
+    }
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def fit(config, max_steps):
+    build_cli(["fit", "--config", str(config), "--trainer.max_steps", str(max_steps)])
+
+
+def last_checkpoint(root):
+    return torch.load(root / "checkpoints/last.ckpt", weights_only=False)
+
+
+@pytest.mark.slow
+def test_stopped_and_resumed_fit_equals_an_uninterrupted_one(word_model, pairs_dir, tmp_path):
+    fit(write_config(tmp_path / "whole.yaml", word_model, pairs_dir, tmp_path / "whole"), STEPS)
+    cut = write_config(tmp_path / "cut.yaml", word_model, pairs_dir, tmp_path / "cut")
+    fit(cut, STOP)
+    assert last_checkpoint(tmp_path / "cut")["global_step"] == STOP
+    fit(cut, STEPS)  # no ckpt_path: finds cut/checkpoints/last.ckpt
+
+    whole, resumed = last_checkpoint(tmp_path / "whole"), last_checkpoint(tmp_path / "cut")
+    assert resumed["global_step"] == whole["global_step"] == STEPS
+    # Bitwise: the same operations on the same numbers in the same order on one CPU thread.
+    for name, tensor in whole["state_dict"].items():  # EMA weights (Lightning checkpoints the average)
+        assert torch.equal(tensor, resumed["state_dict"][name]), name
+    ema = [key for key in whole["callbacks"] if "EMAWeightAveraging" in key or "SmoothieEMA" in key]
+    assert ema, list(whole["callbacks"])
+    for key in ema:  # the raw (current) weights, and the number of averaged steps
+        for name, value in whole["callbacks"][key].items():
+            assert str(value) == str(resumed["callbacks"][key][name]), name
+    for got, expected in zip(resumed["optimizer_states"][0]["state"].values(), whole["optimizer_states"][0]["state"].values()):
+        assert all(torch.equal(got[key], expected[key]) for key in expected)
+    assert resumed["lr_schedulers"] == whole["lr_schedulers"]
+    assert resumed["loops"]["fit_loop"]["epoch_progress"] == whole["loops"]["fit_loop"]["epoch_progress"]

@@ -9,7 +9,8 @@ from smoothie_pl.cli import build_cli
 STEPS, STOP = 6, 3  # 8 pairs in batches of 2: the stop falls inside the first epoch, the end inside the second
 
 
-def write_config(path, word_model, pairs_dir, root):
+def write_config(path, word_model, pairs_dir, root, trainer=(), data=(), callbacks=()):
+    """A tiny fit config over ``pairs_dir``; ``trainer``/``data`` entries and extra ``callbacks`` are added."""
     files = {f"{split}_file": str(pairs_dir / f"{split}.jsonl") for split in ("train", "validation", "test")}
     config = {
         "seed_everything": 0,
@@ -25,19 +26,22 @@ def write_config(path, word_model, pairs_dir, root):
                 {
                     "class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
                     "init_args": {"save_last": True, "every_n_train_steps": 1},
-                }
+                },
+                *callbacks,
             ],
+            **dict(trainer),
         },
         "model": {
             "embedding": word_model,
             "target_length": 8,
             "source_length": 10,
             "warmup_steps": 4,
+            "sampling_steps": 3,
             "lr": 1e-2,
             # The paper's dropout stays on: its masks must also be drawn again identically.
             "denoiser": {"width": 32, "depth": 2, "heads": 2, "encoder_depth": 1, "self_conditioning": True},
         },
-        "data": {"class_path": "smoothie_pl.data.JsonlDataModule", "init_args": {**files, "batch_size": 2}},
+        "data": {"class_path": "smoothie_pl.data.JsonlDataModule", "init_args": {**files, "batch_size": 2, **dict(data)}},
         "ema": {"decay": 0.9},
     }
     path.write_text(yaml.safe_dump(config))

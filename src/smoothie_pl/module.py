@@ -238,11 +238,14 @@ class SmoothieModule(L.LightningModule):
         seed: int | None = None,
         batch_size: int = 64,
         candidates: int | None = None,
+        first_index: int = 0,
     ) -> list[str]:
         """Generate one target per source string; the same seed gives the same texts.
 
         With ``candidates`` (default ``mbr_candidates``) above 1, that many samples
-        are drawn per source and the MBR choice among them is returned.
+        are drawn per source and the MBR choice among them is returned. Noise is
+        seeded per batch from its position, counted from ``first_index``: a list
+        cut at multiples of ``batch_size`` gives the same texts piece by piece.
         """
         if isinstance(sources, str):
             raise TypeError("generate expects a list of source strings, got a single string")
@@ -260,7 +263,7 @@ class SmoothieModule(L.LightningModule):
                 return_tensors="pt",
             )
             ids, mask = encoded["input_ids"].to(self.device), encoded["attention_mask"].bool().to(self.device)
-            outputs.extend(self.generate_candidates(ids, mask, seed, start, steps, candidates, chunk)[0])
+            outputs.extend(self.generate_candidates(ids, mask, seed, first_index + start, steps, candidates, chunk)[0])
         self.train(was_training)
         return outputs
 

@@ -17,6 +17,7 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from smoothie_pl.data.batching import split_global_batch
 from smoothie_pl.data.samplers import BatchShardSampler, ResumableShuffleSampler
 from smoothie_pl.embeddings import load_tokenizer
 
@@ -93,6 +94,10 @@ class Seq2SeqDataModule(L.LightningDataModule):
         restrict_vocabulary: diffuse only over the tokens of the training split
             (plus special tokens); see ``vocabulary``.
         predict_split: the split that ``predict`` generates for.
+        global_batch_size: pairs per optimizer step over all devices; the
+            per-device batch (at most ``batch_size``) and the trainer's
+            ``accumulate_grad_batches`` are derived from it at ``fit``, so a
+            config trains the same on any number of devices.
     """
 
     def __init__(
@@ -105,6 +110,7 @@ class Seq2SeqDataModule(L.LightningDataModule):
         num_workers: int = 0,
         restrict_vocabulary: bool = False,
         predict_split: str = "test",
+        global_batch_size: int | None = None,
     ) -> None:
         super().__init__()
         for name, value in (("target_length", target_length), ("source_length", source_length), ("batch_size", batch_size)):
@@ -120,6 +126,8 @@ class Seq2SeqDataModule(L.LightningDataModule):
         self.num_workers = num_workers
         self.restrict_vocabulary = restrict_vocabulary
         self.predict_split = predict_split
+        self.global_batch_size = global_batch_size
+        self.device_batch_size = batch_size  # training batch of one device (set from global_batch_size at fit)
         self.datasets: dict[str, TokenizedPairs] = {}
         self.predict_skip: Set[int] = frozenset()  # indices already predicted (set by the prediction writer)
 
@@ -155,15 +163,26 @@ class Seq2SeqDataModule(L.LightningDataModule):
         return sorted(ids)
 
     def setup(self, stage: str) -> None:
+        if stage == "fit" and self.global_batch_size is not None and self.trainer is not None:
+            self._apply_global_batch()
         needed = {"fit": ("train", "validation"), "validate": ("validation",), "test": ("test",)}
         for split in needed.get(stage, (self.predict_split,)):
             self.dataset(split)
+
+    def _apply_global_batch(self) -> None:
+        trainer = self.trainer
+        self.device_batch_size, accumulation = split_global_batch(
+            self.global_batch_size, trainer.world_size, self.batch_size
+        )
+        if trainer.accumulate_grad_batches not in (1, accumulation):
+            raise ValueError("set data.global_batch_size or trainer.accumulate_grad_batches, not both")
+        trainer.accumulate_grad_batches = accumulation
 
     def _loader(self, split: str, shuffle: bool, skip: Set[int] = frozenset()) -> DataLoader:
         """Shuffled training batches, or evaluation batches dealt whole to the ranks (``data.samplers``)."""
         dataset = self.dataset(split)
         ranks = {"num_replicas": self.trainer.world_size, "rank": self.trainer.global_rank} if self.trainer else {}
-        batch_size = self.batch_size if shuffle else self.eval_batch_size
+        batch_size = self.device_batch_size if shuffle else self.eval_batch_size
         if shuffle:
             sampler = ResumableShuffleSampler(dataset, seed=int(os.environ.get("PL_GLOBAL_SEED", 0)), **ranks)
             sampler.resume_at(self._trained_samples_this_epoch())
@@ -183,8 +202,8 @@ class Seq2SeqDataModule(L.LightningDataModule):
         if self.trainer is None or not self.trainer.fit_loop.restarting:
             return 0
         batches = self.trainer.fit_loop.epoch_loop.batch_progress.current.processed
-        per_epoch = len(self.dataset("train")) // (self.batch_size * self.trainer.world_size)
-        return batches * self.batch_size if batches < per_epoch else 0  # a full epoch: the next one starts afresh
+        per_epoch = len(self.dataset("train")) // (self.device_batch_size * self.trainer.world_size)
+        return batches * self.device_batch_size if batches < per_epoch else 0  # a full epoch: the next one starts afresh
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", shuffle=True)

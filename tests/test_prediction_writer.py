@@ -101,3 +101,10 @@ def test_a_corrupt_line_inside_a_prediction_file_is_named(tmp_path):
     path.write_text('{"index": 0}\nnot json\n{"index": 2}\n')
     with pytest.raises(ValueError, match=r"predictions.jsonl:2: not a prediction record"):
         read_records(path)
+
+
+def test_a_rank_without_a_metric_batch_is_refused_before_it_would_hang(word_model, pairs_dir):
+    data = pairs_data(pairs_dir, word_model, eval_batch_size=8)  # 8 pairs: one batch for two ranks
+    data.trainer = L.Trainer(accelerator="cpu", devices=2, strategy="ddp", logger=False)
+    with pytest.raises(ValueError, match="validation split has 8 pairs, 1 batch.*fewer than the 2 ranks"):
+        data.val_dataloader()

@@ -1,12 +1,14 @@
 """`smoothie fit` resumes from the run's last.ckpt and ends where an uninterrupted run ends, bit for bit."""
 
+import warnings
+
 import pytest
 import torch
 import yaml
 
 from smoothie_pl.cli import build_cli
 
-STEPS, STOP = 6, 3  # 8 pairs in batches of 2: the stop falls inside the first epoch, the end inside the second
+STEPS = 6  # 8 pairs in batches of 2: four steps an epoch, the end inside the second epoch
 
 
 def write_config(path, word_model, pairs_dir, root, trainer=(), data=(), callbacks=()):
@@ -56,15 +58,26 @@ def last_checkpoint(root):
     return torch.load(root / "checkpoints/last.ckpt", weights_only=False)
 
 
-@pytest.mark.slow
-def test_stopped_and_resumed_fit_equals_an_uninterrupted_one(word_model, pairs_dir, tmp_path):
-    fit(write_config(tmp_path / "whole.yaml", word_model, pairs_dir, tmp_path / "whole"), STEPS)
-    cut = write_config(tmp_path / "cut.yaml", word_model, pairs_dir, tmp_path / "cut")
-    fit(cut, STOP)
-    assert last_checkpoint(tmp_path / "cut")["global_step"] == STOP
-    fit(cut, STEPS)  # no ckpt_path: finds cut/checkpoints/last.ckpt
+@pytest.fixture(scope="module")
+def whole(word_model, pairs_dir, tmp_path_factory):
+    """The last checkpoint of an uninterrupted run."""
+    root = tmp_path_factory.mktemp("whole")
+    fit(write_config(root / "whole.yaml", word_model, pairs_dir, root), STEPS)
+    return last_checkpoint(root)
 
-    whole, resumed = last_checkpoint(tmp_path / "whole"), last_checkpoint(tmp_path / "cut")
+
+@pytest.mark.slow
+@pytest.mark.parametrize("stop", [3, 4], ids=["mid-epoch", "epoch-end"])
+def test_stopped_and_resumed_fit_equals_an_uninterrupted_one(whole, stop, word_model, pairs_dir, tmp_path):
+    cut = write_config(tmp_path / "cut.yaml", word_model, pairs_dir, tmp_path)
+    fit(cut, stop)
+    assert last_checkpoint(tmp_path)["global_step"] == stop
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        fit(cut, STEPS)  # no ckpt_path: finds checkpoints/last.ckpt under the run's default_root_dir
+    assert not [w for w in caught if "not resumable" in str(w.message)]  # the data position is resumed
+
+    resumed = last_checkpoint(tmp_path)
     assert resumed["global_step"] == whole["global_step"] == STEPS
     # Bitwise: the same operations on the same numbers in the same order on one CPU thread.
     for name, tensor in whole["state_dict"].items():  # EMA weights (Lightning checkpoints the average)
@@ -77,4 +90,4 @@ def test_stopped_and_resumed_fit_equals_an_uninterrupted_one(word_model, pairs_d
     for got, expected in zip(resumed["optimizer_states"][0]["state"].values(), whole["optimizer_states"][0]["state"].values()):
         assert all(torch.equal(got[key], expected[key]) for key in expected)
     assert resumed["lr_schedulers"] == whole["lr_schedulers"]
-    assert resumed["loops"]["fit_loop"]["epoch_progress"] == whole["loops"]["fit_loop"]["epoch_progress"]
+    assert resumed["epoch"] == whole["epoch"]

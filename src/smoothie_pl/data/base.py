@@ -10,6 +10,7 @@ computed against the untouched references.
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Set
 from dataclasses import dataclass
 
@@ -201,6 +202,8 @@ class Seq2SeqDataModule(L.LightningDataModule):
         """Samples this rank trained on in the current epoch before the checkpoint a run resumes from."""
         if self.trainer is None or not self.trainer.fit_loop.restarting:
             return 0
+        # Lightning warns that a mid-epoch resume repeats data unless the loader is stateful; this sampler skips it.
+        warnings.filterwarnings("ignore", message="You're resuming from a checkpoint that ended before the epoch ended")
         batches = self.trainer.fit_loop.epoch_loop.batch_progress.current.processed
         per_epoch = len(self.dataset("train")) // (self.device_batch_size * self.trainer.world_size)
         return batches * self.device_batch_size if batches < per_epoch else 0  # a full epoch: the next one starts afresh
@@ -209,10 +212,21 @@ class Seq2SeqDataModule(L.LightningDataModule):
         return self._loader("train", shuffle=True)
 
     def val_dataloader(self) -> DataLoader:
-        return self._loader("validation", shuffle=False)
+        return self._metric_loader("validation")
 
     def test_dataloader(self) -> DataLoader:
-        return self._loader("test", shuffle=False)
+        return self._metric_loader("test")
+
+    def _metric_loader(self, split: str) -> DataLoader:
+        """Evaluation batches where every rank must take part (its metric states are gathered at the end)."""
+        world = self.trainer.world_size if self.trainer else 1
+        batches = -(-len(self.dataset(split)) // self.eval_batch_size)
+        if batches < world:
+            raise ValueError(
+                f"the {split} split has {len(self.dataset(split))} pairs, {batches} batch(es) of data.eval_batch_size="
+                f"{self.eval_batch_size}, fewer than the {world} ranks: lower data.eval_batch_size"
+            )
+        return self._loader(split, shuffle=False)
 
     def predict_dataloader(self) -> DataLoader:
         return self._loader(self.predict_split, shuffle=False, skip=self.predict_skip)

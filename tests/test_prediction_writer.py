@@ -1,6 +1,12 @@
 """Predictions are never overwritten silently, an interrupted predict resumes, evaluation batches shard without repeats."""
 
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import lightning as L
 import pytest
@@ -13,6 +19,9 @@ from smoothie_pl.data.samplers import BatchShardSampler
 
 from .conftest import PAIRS
 from .test_module import pairs_data, tiny_module
+from .test_resume import write_config
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 class Interrupt(Callback):
@@ -108,3 +117,35 @@ def test_a_rank_without_a_metric_batch_is_refused_before_it_would_hang(word_mode
     data.trainer = L.Trainer(accelerator="cpu", devices=2, strategy="ddp", logger=False)
     with pytest.raises(ValueError, match="validation split has 8 pairs, 1 batch.*fewer than the 2 ranks"):
         data.val_dataloader()
+
+
+class SlowPredict(Callback):
+    """Slows predict so that it can be killed between batches."""
+
+    def on_predict_batch_end(self, *args, **kwargs) -> None:
+        time.sleep(1.0)
+
+
+@pytest.mark.slow
+def test_a_killed_predict_resumes_to_the_uninterrupted_file(word_model, pairs_dir, tmp_path):
+    slow = {"class_path": "tests.test_prediction_writer.SlowPredict"}
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), str(ROOT)]), "PYTHONWARNINGS": "ignore"}
+    outputs = {}
+    for name in ("whole", "killed"):
+        config = write_config(tmp_path / f"{name}.yaml", word_model, pairs_dir, tmp_path / name, {}, {"eval_batch_size": 2}, [slow])
+        # No checkpoint: seed_everything makes both runs build the same weights.
+        command = [sys.executable, "-m", "smoothie_pl.cli", "predict", "--config", str(config)]
+        if name == "killed":
+            process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            deadline = time.monotonic() + 120
+            while not any(read_records(part) for part in (tmp_path / name).glob("*.part*")):
+                assert process.poll() is None and time.monotonic() < deadline, "predict ended before it was killed"
+                time.sleep(0.1)
+            process.send_signal(signal.SIGKILL)
+            process.wait()
+            assert not (tmp_path / name / "predictions.jsonl").exists()
+            command += ["--prediction_writer.if_exists", "resume"]
+        subprocess.run(command, env=env, check=True, capture_output=True)
+        outputs[name] = (tmp_path / name / "predictions.jsonl").read_text()
+    assert [record["index"] for record in map(json.loads, outputs["killed"].splitlines())] == list(range(len(PAIRS)))
+    assert outputs["killed"] == outputs["whole"]

@@ -1,4 +1,4 @@
-"""Predictions are never overwritten silently, an interrupted predict resumes, evaluation batches shard without repeats."""
+"""Predictions are never overwritten silently; an interrupted predict resumes; evaluation batches shard once each."""
 
 import json
 import os
@@ -132,7 +132,8 @@ def test_a_killed_predict_resumes_to_the_uninterrupted_file(word_model, pairs_di
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), str(ROOT)]), "PYTHONWARNINGS": "ignore"}
     outputs = {}
     for name in ("whole", "killed"):
-        config = write_config(tmp_path / f"{name}.yaml", word_model, pairs_dir, tmp_path / name, {}, {"eval_batch_size": 2}, [slow])
+        data = {"eval_batch_size": 2}
+        config = write_config(tmp_path / f"{name}.yaml", word_model, pairs_dir, tmp_path / name, {}, data, [slow])
         # No checkpoint: seed_everything makes both runs build the same weights.
         command = [sys.executable, "-m", "smoothie_pl.cli", "predict", "--config", str(config)]
         if name == "killed":

@@ -43,7 +43,10 @@ def write_config(path, word_model, pairs_dir, root, trainer=(), data=(), callbac
             # The paper's dropout stays on: its masks must also be drawn again identically.
             "denoiser": {"width": 32, "depth": 2, "heads": 2, "encoder_depth": 1, "self_conditioning": True},
         },
-        "data": {"class_path": "smoothie_pl.data.JsonlDataModule", "init_args": {**files, "batch_size": 2, **dict(data)}},
+        "data": {
+            "class_path": "smoothie_pl.data.JsonlDataModule",
+            "init_args": {**files, "batch_size": 2, **dict(data)},
+        },
         "ema": {"decay": 0.9},
     }
     path.write_text(yaml.safe_dump(config))
@@ -80,14 +83,15 @@ def test_stopped_and_resumed_fit_equals_an_uninterrupted_one(whole, stop, word_m
     resumed = last_checkpoint(tmp_path)
     assert resumed["global_step"] == whole["global_step"] == STEPS
     # Bitwise: the same operations on the same numbers in the same order on one CPU thread.
-    for name, tensor in whole["state_dict"].items():  # EMA weights (Lightning checkpoints the average)
-        assert torch.equal(tensor, resumed["state_dict"][name]), name
-    ema = [key for key in whole["callbacks"] if "EMAWeightAveraging" in key or "SmoothieEMA" in key]
-    assert ema, list(whole["callbacks"])
-    for key in ema:  # the raw (current) weights, and the number of averaged steps
-        for name, value in whole["callbacks"][key].items():
-            assert str(value) == str(resumed["callbacks"][key][name]), name
-    for got, expected in zip(resumed["optimizer_states"][0]["state"].values(), whole["optimizer_states"][0]["state"].values()):
+    # Lightning's EMA callback saves the average as state_dict and the raw weights beside it.
+    for weights in ("state_dict", "current_model_state"):
+        assert whole[weights].keys() == resumed[weights].keys()
+        for name, tensor in whole[weights].items():
+            assert torch.equal(tensor, resumed[weights][name]), (weights, name)
+    assert int(resumed["averaging_state"]["n_averaged"]) == int(whole["averaging_state"]["n_averaged"]) == STEPS
+    assert resumed["callbacks"]["SmoothieEMA"] == whole["callbacks"]["SmoothieEMA"]
+    optimizer_states = (checkpoint["optimizer_states"][0]["state"].values() for checkpoint in (resumed, whole))
+    for got, expected in zip(*optimizer_states):
         assert all(torch.equal(got[key], expected[key]) for key in expected)
     assert resumed["lr_schedulers"] == whole["lr_schedulers"]
     assert resumed["epoch"] == whole["epoch"]

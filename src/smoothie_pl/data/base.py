@@ -206,7 +206,9 @@ class Seq2SeqDataModule(L.LightningDataModule):
         warnings.filterwarnings("ignore", message="You're resuming from a checkpoint that ended before the epoch ended")
         batches = self.trainer.fit_loop.epoch_loop.batch_progress.current.processed
         per_epoch = len(self.dataset("train")) // (self.device_batch_size * self.trainer.world_size)
-        return batches * self.device_batch_size if batches < per_epoch else 0  # a full epoch: the next one starts afresh
+        if batches >= per_epoch:  # the checkpoint ended an epoch: the next one starts afresh
+            return 0
+        return batches * self.device_batch_size
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", shuffle=True)

@@ -15,5 +15,6 @@ def split_global_batch(global_batch_size: int, world_size: int, max_device_batch
             f"{world_size} devices (trainer.devices x trainer.num_nodes)"
         )
     per_device = global_batch_size // world_size
-    accumulation = next(a for a in range(1, per_device + 1) if per_device % a == 0 and per_device // a <= max_device_batch)
+    fits = (a for a in range(1, per_device + 1) if per_device % a == 0 and per_device // a <= max_device_batch)
+    accumulation = next(fits)
     return per_device // accumulation, accumulation

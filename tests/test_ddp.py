@@ -97,7 +97,7 @@ def test_two_processes_match_one(word_model, odd_pairs, tmp_path):
         root = tmp_path / f"world{world}"
         logger = {"class_path": "lightning.pytorch.loggers.CSVLogger", "init_args": {"save_dir": str(root)}}
         trainer = {**devices(world), "limit_val_batches": 1.0, "logger": logger}
-        data = {"eval_batch_size": 2}
+        data = {"eval_batch_size": 3}  # batches [0, 1, 2] [3, 4, 5] [6]: rank 0 gets two, rank 1 one
         config = write_config(root.with_suffix(".yaml"), word_model, odd_pairs, root, trainer, data, [generation])
         for subcommand in ("validate", "test", "predict"):
             smoothie(subcommand, "--config", str(config), "--ckpt_path", str(checkpoint), cwd=tmp_path)

@@ -94,10 +94,10 @@ class GenerationMetrics(Callback):
         sources = [pairs[i].source for i in indices]
         references = [pairs[i].target for i in indices]
         predictions = []
+        options = {"steps": self.steps, "seed": self.seed, "batch_size": self.batch_size}
         with trainer.precision_plugin.forward_context():
             for start in starts:
                 block = [pair.source for pair in pairs[start : start + self.batch_size]]
-                options = {"steps": self.steps, "seed": self.seed, "batch_size": self.batch_size}
                 predictions += pl_module.generate(block, first_index=start, **options)
 
         self.metrics.to(pl_module.device)

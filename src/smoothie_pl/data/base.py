@@ -9,6 +9,7 @@ computed against the untouched references.
 
 from __future__ import annotations
 
+import math
 import os
 import warnings
 from collections.abc import Set
@@ -222,7 +223,7 @@ class Seq2SeqDataModule(L.LightningDataModule):
     def _metric_loader(self, split: str) -> DataLoader:
         """Evaluation batches where every rank must take part (its metric states are gathered at the end)."""
         world = self.trainer.world_size if self.trainer else 1
-        batches = -(-len(self.dataset(split)) // self.eval_batch_size)
+        batches = math.ceil(len(self.dataset(split)) / self.eval_batch_size)
         if batches < world:
             raise ValueError(
                 f"the {split} split has {len(self.dataset(split))} pairs, {batches} batch(es) of data.eval_batch_size="

@@ -32,7 +32,7 @@ $(VENV)/.installed: pyproject.toml
 demo: venv
 	$(VENV)/bin/smoothie fit --config lightning_configs/demo.yaml --trainer.default_root_dir $(DEMO_DIR)
 	$(VENV)/bin/smoothie predict --config lightning_configs/demo.yaml --trainer.default_root_dir $(DEMO_DIR) \
-		--ckpt_path $(DEMO_DIR)/lightning_logs/version_0/checkpoints/last.ckpt
+		--ckpt_path $(DEMO_DIR)/checkpoints/last.ckpt
 	$(PY) -m smoothie_pl.report $(DEMO_DIR)/predictions.jsonl
 
 test: venv

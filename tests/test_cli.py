@@ -29,7 +29,7 @@ def smoothie(*args: str, cwd: Path) -> subprocess.CompletedProcess:
 def test_fit_test_predict_end_to_end(tmp_path):
     fit = smoothie("fit", cwd=tmp_path)
     assert fit.returncode == 0, fit.stderr[-3000:]
-    checkpoint = tmp_path / "run/lightning_logs/version_0/checkpoints/last.ckpt"
+    checkpoint = tmp_path / "run/checkpoints/last.ckpt"
     assert checkpoint.is_file()
 
     test = smoothie("test", "--ckpt_path", str(checkpoint), cwd=tmp_path)

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
-from lightning.pytorch.callbacks import ProgressBar, RichProgressBar
+from lightning.pytorch.callbacks import ModelCheckpoint, ProgressBar, RichProgressBar
 from lightning.pytorch.cli import LightningCLI
 
 from smoothie_pl.callbacks import JsonlPredictionWriter, SmoothieEMA
@@ -65,7 +66,30 @@ class SmoothieCLI(LightningCLI):
         wants_bar = trainer_config.get("enable_progress_bar") is not False
         if wants_bar and not any(isinstance(callback, ProgressBar) for callback in callbacks):
             trainer_config["callbacks"] = [*callbacks, RichProgressBar()]
-        return super().instantiate_trainer(**kwargs)
+        trainer = super().instantiate_trainer(**kwargs)
+        for callback in trainer.checkpoint_callbacks:
+            if isinstance(callback, ModelCheckpoint) and callback.dirpath is None:
+                # Not under a new lightning_logs/version_N per run: a rerun must find its last.ckpt.
+                callback.dirpath = os.path.realpath(os.path.join(trainer.default_root_dir, "checkpoints"))
+        return trainer
+
+    def before_fit(self) -> None:
+        """Resume from the run's newest ``last*.ckpt`` (or SLURM requeue checkpoint) unless a ckpt_path is given."""
+        config = self.config_init[self.subcommand]
+        if config.get("ckpt_path") is None:
+            resume = newest_checkpoint(self.trainer)
+            if resume is not None:
+                print(f"resuming from {resume}")
+                config["ckpt_path"] = str(resume)
+
+
+def newest_checkpoint(trainer) -> Path | None:
+    """The newest of the run's ``last*.ckpt`` files and the ``hpc_ckpt_*.ckpt`` Lightning saves before a requeue."""
+    candidates = list(Path(trainer.default_root_dir).glob("hpc_ckpt_*.ckpt"))
+    for callback in trainer.checkpoint_callbacks:
+        if isinstance(callback, ModelCheckpoint) and callback.dirpath is not None:
+            candidates += Path(callback.dirpath).glob(f"{callback.CHECKPOINT_NAME_LAST}*{callback.FILE_EXTENSION}")
+    return max(candidates, key=lambda path: path.stat().st_mtime, default=None)
 
 
 def build_cli(args: list[str] | None = None, run: bool = True) -> SmoothieCLI:

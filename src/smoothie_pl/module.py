@@ -7,6 +7,7 @@ from typing import Any
 
 import lightning as L
 import torch
+from torchmetrics import MeanMetric
 
 from smoothie_pl.diffusion import ArctanSchedule, SmoothieSpace, build_sampler
 from smoothie_pl.diffusion.embedding_losses import decoding_cross_entropy, prior_matching_loss
@@ -24,12 +25,17 @@ def _as(cls, value):
     return value if isinstance(value, cls) else cls(**value)
 
 
-def seeded_generator(device: torch.device, *seeds: int) -> torch.Generator:
-    """A generator on ``device`` whose stream depends on every seed given (e.g. seed, rank, index)."""
+def combined_seed(*seeds: int) -> int:
+    """One seed that depends on every seed given (e.g. seed, rank, index)."""
     value = 0
     for seed in seeds:
         value = (value * 1_000_003 + int(seed)) % (2**63 - 1)
-    return torch.Generator(device=device).manual_seed(value)
+    return value
+
+
+def seeded_generator(device: torch.device, *seeds: int) -> torch.Generator:
+    """A generator on ``device`` whose stream depends on every seed given (e.g. seed, rank, index)."""
+    return torch.Generator(device=device).manual_seed(combined_seed(*seeds))
 
 
 def _check_guidance(cfg_dropout: float, guidance_weight: float, denoiser: DenoiserConfig) -> None:
@@ -172,7 +178,7 @@ class SmoothieModule(L.LightningModule):
         self.null_source = NullSource(denoiser.width) if cfg_dropout > 0 else None
         self.test_metrics = TextMetrics(metric_set, **(metric_options or {}))
         self.test_copy_sacrebleu = SacreBLEU()
-        self._train_generator: torch.Generator | None = None
+        self.val_loss = MeanMetric()  # mean over every validation pair of every rank
 
     # ----------------------------------------------------------------- parts
     def _build_space(self, vocabulary: torch.Tensor) -> None:
@@ -360,11 +366,14 @@ class SmoothieModule(L.LightningModule):
         seed: int | None = None,
         batch_size: int = 64,
         candidates: int | None = None,
+        first_index: int = 0,
     ) -> list[str]:
         """Generate one target per source string; the same seed gives the same texts.
 
         With ``candidates`` (default ``mbr_candidates``) above 1, that many samples
-        are drawn per source and the MBR choice among them is returned.
+        are drawn per source and the MBR choice among them is returned. Noise is
+        seeded per batch from its position, counted from ``first_index``: a list
+        cut at multiples of ``batch_size`` gives the same texts piece by piece.
         """
         if isinstance(sources, str):
             raise TypeError("generate expects a list of source strings, got a single string")
@@ -382,23 +391,26 @@ class SmoothieModule(L.LightningModule):
                 return_tensors="pt",
             )
             ids, mask = encoded["input_ids"].to(self.device), encoded["attention_mask"].bool().to(self.device)
-            outputs.extend(self.generate_candidates(ids, mask, seed, start, steps, candidates, chunk)[0])
+            outputs.extend(self.generate_candidates(ids, mask, seed, first_index + start, steps, candidates, chunk)[0])
         self.train(was_training)
         return outputs
 
     # ------------------------------------------------------------ Lightning
-    def on_fit_start(self) -> None:
-        self._train_generator = seeded_generator(self.device, self.hparams.seed, self.global_rank, self.global_step)
-
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
-        loss = self.diffusion_loss(batch, self._train_generator)
+        # Noise and dropout masks come from (seed, rank, step, batch): each rank draws its own,
+        # and a resumed run draws what the uninterrupted run drew, with no random state to save.
+        stream = (self.hparams.seed, self.global_rank, self.global_step, batch_idx)
+        with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
+            torch.manual_seed(combined_seed(*stream))
+            loss = self.diffusion_loss(batch, seeded_generator(self.device, *stream))
         self.log("train/loss", loss, prog_bar=True, batch_size=batch["target_ids"].shape[0])
         return loss
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         generator = seeded_generator(self.device, self.hparams.seed, int(batch["index"][0]))
         loss = self.diffusion_loss(batch, generator)
-        self.log("val/loss", loss, prog_bar=True, sync_dist=True, batch_size=batch["target_ids"].shape[0])
+        self.val_loss.update(loss, weight=batch["target_ids"].shape[0])
+        self.log("val/loss", self.val_loss, prog_bar=True)
 
     def test_step(self, batch: dict, batch_idx: int) -> None:
         predictions, _ = self._generate_batch(batch)

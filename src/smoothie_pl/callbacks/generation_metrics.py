@@ -49,11 +49,12 @@ class GenerationMetrics(Callback):
     prediction) to ``trainer.log_dir`` and sends a markdown table to loggers whose
     ``experiment`` has ``add_text`` (TensorBoard's ``SummaryWriter``).
 
-    Under DDP rank ``r`` generates pairs ``r, r + W, ...``; the metrics' states
-    are tensors that torchmetrics gathers across ranks at ``compute``, so every
-    rank logs the corpus score of the whole subset, and the predictions are
-    gathered to rank zero for the table. A rank's noise then depends on its
-    shard, so scores differ slightly from a single-process run with the same seed.
+    Under DDP the subset is cut into blocks of ``batch_size`` pairs dealt to the
+    ranks in turn, each generated with the noise of its position, so the texts
+    are those of a single process; the metrics' states are tensors that
+    torchmetrics gathers across ranks at ``compute``, so every rank logs the
+    single-process corpus score, and the predictions are gathered to rank zero
+    for the table.
     """
 
     def __init__(
@@ -95,11 +96,16 @@ class GenerationMetrics(Callback):
         if not self.trigger.due(trainer, batch_idx, dataloader_idx):
             return
         pairs = trainer.datamodule.dataset("validation").pairs[: self.num_examples]
-        indices = list(range(trainer.global_rank, len(pairs), trainer.world_size))
+        starts = range(trainer.global_rank * self.batch_size, len(pairs), trainer.world_size * self.batch_size)
+        indices = [index for start in starts for index in range(start, min(start + self.batch_size, len(pairs)))]
         sources = [pairs[i].source for i in indices]
         references = [pairs[i].target for i in indices]
+        predictions = []
+        options = {"steps": self.steps, "seed": self.seed, "batch_size": self.batch_size}
         with trainer.precision_plugin.forward_context():
-            predictions = pl_module.generate(sources, steps=self.steps, seed=self.seed, batch_size=self.batch_size)
+            for start in starts:
+                block = [pair.source for pair in pairs[start : start + self.batch_size]]
+                predictions += pl_module.generate(block, first_index=start, **options)
 
         self.metrics.to(pl_module.device)
         self.metrics.reset()

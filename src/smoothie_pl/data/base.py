@@ -9,12 +9,18 @@ computed against the untouched references.
 
 from __future__ import annotations
 
+import math
+import os
+import warnings
+from collections.abc import Set
 from dataclasses import dataclass
 
 import lightning as L
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from smoothie_pl.data.batching import split_global_batch
+from smoothie_pl.data.samplers import BatchShardSampler, ResumableShuffleSampler
 from smoothie_pl.embeddings import load_tokenizer
 
 SPLITS = ("train", "validation", "test")
@@ -101,6 +107,10 @@ class Seq2SeqDataModule(L.LightningDataModule):
         restrict_vocabulary: diffuse only over the tokens of the training split
             (plus special tokens); see ``vocabulary``.
         predict_split: the split that ``predict`` generates for.
+        global_batch_size: pairs per optimizer step over all devices; the
+            per-device batch (at most ``batch_size``) and the trainer's
+            ``accumulate_grad_batches`` are derived from it at ``fit``, so a
+            config trains the same on any number of devices.
     """
 
     def __init__(
@@ -114,6 +124,7 @@ class Seq2SeqDataModule(L.LightningDataModule):
         restrict_vocabulary: bool = False,
         predict_split: str = "test",
         source_tokenizer: str | None = None,
+        global_batch_size: int | None = None,
     ) -> None:
         super().__init__()
         for name, value in (("target_length", target_length), ("source_length", source_length), ("batch_size", batch_size)):
@@ -130,7 +141,10 @@ class Seq2SeqDataModule(L.LightningDataModule):
         self.num_workers = num_workers
         self.restrict_vocabulary = restrict_vocabulary
         self.predict_split = predict_split
+        self.global_batch_size = global_batch_size
+        self.device_batch_size = batch_size  # training batch of one device (set from global_batch_size at fit)
         self.datasets: dict[str, TokenizedPairs] = {}
+        self.predict_skip: Set[int] = frozenset()  # indices already predicted (set by the prediction writer)
 
     def read_split(self, split: str) -> list[Pair]:
         """Every pair of ``split`` (one of ``SPLITS``)."""
@@ -174,15 +188,35 @@ class Seq2SeqDataModule(L.LightningDataModule):
         return sorted(ids)
 
     def setup(self, stage: str) -> None:
+        if stage == "fit" and self.global_batch_size is not None and self.trainer is not None:
+            self._apply_global_batch()
         needed = {"fit": ("train", "validation"), "validate": ("validation",), "test": ("test",)}
         for split in needed.get(stage, (self.predict_split,)):
             self.dataset(split)
 
-    def _loader(self, split: str, shuffle: bool) -> DataLoader:
+    def _apply_global_batch(self) -> None:
+        trainer = self.trainer
+        self.device_batch_size, accumulation = split_global_batch(
+            self.global_batch_size, trainer.world_size, self.batch_size
+        )
+        if trainer.accumulate_grad_batches not in (1, accumulation):
+            raise ValueError("set data.global_batch_size or trainer.accumulate_grad_batches, not both")
+        trainer.accumulate_grad_batches = accumulation
+
+    def _loader(self, split: str, shuffle: bool, skip: Set[int] = frozenset()) -> DataLoader:
+        """Shuffled training batches, or evaluation batches dealt whole to the ranks (``data.samplers``)."""
+        dataset = self.dataset(split)
+        ranks = {"num_replicas": self.trainer.world_size, "rank": self.trainer.global_rank} if self.trainer else {}
+        batch_size = self.device_batch_size if shuffle else self.eval_batch_size
+        if shuffle:
+            sampler = ResumableShuffleSampler(dataset, seed=int(os.environ.get("PL_GLOBAL_SEED", 0)), **ranks)
+            sampler.resume_at(self._trained_samples_this_epoch())
+        else:
+            sampler = BatchShardSampler(dataset, batch_size, skip=skip, **ranks)
         return DataLoader(
-            self.dataset(split),
-            batch_size=self.batch_size if shuffle else self.eval_batch_size,
-            shuffle=shuffle,
+            dataset,
+            batch_size=batch_size,
+            sampler=sampler,
             drop_last=shuffle,
             num_workers=self.num_workers,
             collate_fn=PairCollator(
@@ -190,14 +224,37 @@ class Seq2SeqDataModule(L.LightningDataModule):
             ),
         )
 
+    def _trained_samples_this_epoch(self) -> int:
+        """Samples this rank trained on in the current epoch before the checkpoint a run resumes from."""
+        if self.trainer is None or not self.trainer.fit_loop.restarting:
+            return 0
+        # Lightning warns that a mid-epoch resume repeats data unless the loader is stateful; this sampler skips it.
+        warnings.filterwarnings("ignore", message="You're resuming from a checkpoint that ended before the epoch ended")
+        batches = self.trainer.fit_loop.epoch_loop.batch_progress.current.processed
+        per_epoch = len(self.dataset("train")) // (self.device_batch_size * self.trainer.world_size)
+        if batches >= per_epoch:  # the checkpoint ended an epoch: the next one starts afresh
+            return 0
+        return batches * self.device_batch_size
+
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", shuffle=True)
 
     def val_dataloader(self) -> DataLoader:
-        return self._loader("validation", shuffle=False)
+        return self._metric_loader("validation")
 
     def test_dataloader(self) -> DataLoader:
-        return self._loader("test", shuffle=False)
+        return self._metric_loader("test")
+
+    def _metric_loader(self, split: str) -> DataLoader:
+        """Evaluation batches where every rank must take part (its metric states are gathered at the end)."""
+        world = self.trainer.world_size if self.trainer else 1
+        batches = math.ceil(len(self.dataset(split)) / self.eval_batch_size)
+        if batches < world:
+            raise ValueError(
+                f"the {split} split has {len(self.dataset(split))} pairs, {batches} batch(es) of data.eval_batch_size="
+                f"{self.eval_batch_size}, fewer than the {world} ranks: lower data.eval_batch_size"
+            )
+        return self._loader(split, shuffle=False)
 
     def predict_dataloader(self) -> DataLoader:
-        return self._loader(self.predict_split, shuffle=False)
+        return self._loader(self.predict_split, shuffle=False, skip=self.predict_skip)

@@ -1,0 +1,97 @@
+"""`smoothie fit` resumes from the run's last.ckpt and ends where an uninterrupted run ends, bit for bit."""
+
+import warnings
+
+import pytest
+import torch
+import yaml
+
+from smoothie_pl.cli import build_cli
+
+STEPS = 6  # 8 pairs in batches of 2: four steps an epoch, the end inside the second epoch
+
+
+def write_config(path, word_model, pairs_dir, root, trainer=(), data=(), callbacks=()):
+    """A tiny fit config over ``pairs_dir``; ``trainer``/``data`` entries and extra ``callbacks`` are added."""
+    files = {f"{split}_file": str(pairs_dir / f"{split}.jsonl") for split in ("train", "validation", "test")}
+    config = {
+        "seed_everything": 0,
+        "trainer": {
+            "accelerator": "cpu",
+            "devices": 1,
+            "default_root_dir": str(root),
+            "logger": False,
+            "enable_progress_bar": False,
+            "enable_model_summary": False,
+            "limit_val_batches": 0,
+            "callbacks": [
+                {
+                    "class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
+                    "init_args": {"save_last": True, "every_n_train_steps": 1},
+                },
+                *callbacks,
+            ],
+            **dict(trainer),
+        },
+        "model": {
+            "embedding": word_model,
+            "target_length": 8,
+            "source_length": 10,
+            "warmup_steps": 4,
+            "sampling_steps": 3,
+            "lr": 1e-2,
+            # The paper's dropout stays on: its masks must also be drawn again identically.
+            "denoiser": {"width": 32, "depth": 2, "heads": 2, "encoder_depth": 1, "self_conditioning": True},
+        },
+        "data": {
+            "class_path": "smoothie_pl.data.JsonlDataModule",
+            "init_args": {**files, "batch_size": 2, **dict(data)},
+        },
+        "ema": {"decay": 0.9},
+    }
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def fit(config, max_steps):
+    build_cli(["fit", "--config", str(config), "--trainer.max_steps", str(max_steps)])
+
+
+def last_checkpoint(root):
+    return torch.load(root / "checkpoints/last.ckpt", weights_only=False)
+
+
+@pytest.fixture(scope="module")
+def whole(word_model, pairs_dir, tmp_path_factory):
+    """The last checkpoint of an uninterrupted run."""
+    root = tmp_path_factory.mktemp("whole")
+    fit(write_config(root / "whole.yaml", word_model, pairs_dir, root), STEPS)
+    return last_checkpoint(root)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("stop", [3, 4], ids=["mid-epoch", "epoch-end"])
+def test_stopped_and_resumed_fit_equals_an_uninterrupted_one(whole, stop, word_model, pairs_dir, tmp_path):
+    cut = write_config(tmp_path / "cut.yaml", word_model, pairs_dir, tmp_path)
+    fit(cut, stop)
+    assert last_checkpoint(tmp_path)["global_step"] == stop
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        fit(cut, STEPS)  # no ckpt_path: finds checkpoints/last.ckpt under the run's default_root_dir
+    assert not [w for w in caught if "not resumable" in str(w.message)]  # the data position is resumed
+
+    resumed = last_checkpoint(tmp_path)
+    assert resumed["global_step"] == whole["global_step"] == STEPS
+    # Bitwise: the same operations on the same numbers in the same order on one CPU thread.
+    # Lightning's EMA callback saves the average as state_dict and the raw weights beside it.
+    for weights in ("state_dict", "current_model_state"):
+        assert whole[weights].keys() == resumed[weights].keys()
+        for name, tensor in whole[weights].items():
+            assert torch.equal(tensor, resumed[weights][name]), (weights, name)
+    assert int(resumed["averaging_state"]["n_averaged"]) == int(whole["averaging_state"]["n_averaged"]) == STEPS
+    assert resumed["callbacks"]["SmoothieEMA"] == whole["callbacks"]["SmoothieEMA"]
+    optimizer_states = (checkpoint["optimizer_states"][0]["state"].values() for checkpoint in (resumed, whole))
+    for got, expected in zip(*optimizer_states):
+        assert all(torch.equal(got[key], expected[key]) for key in expected)
+    assert resumed["lr_schedulers"] == whole["lr_schedulers"]
+    assert resumed["epoch"] == whole["epoch"]

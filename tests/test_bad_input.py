@@ -2,11 +2,17 @@
 
 import json
 
+import lightning as L
 import pytest
 
 from smoothie_pl.data import JsonlDataModule
 from smoothie_pl.data.jsonl import read_jsonl_pairs
-from smoothie_pl.errors import DataError, DataFileNotFoundError
+from smoothie_pl.errors import CheckpointMismatchError, DataError, DataFileNotFoundError
+from smoothie_pl.fingerprint import CHECKPOINT_KEY, tensor_digest
+from smoothie_pl.module import SmoothieModule
+
+from .conftest import SPECIAL_TOKENS, make_word_model, pair_words
+from .test_module import tiny_module
 
 GOOD = '{"src": "a", "trg": "b"}'
 
@@ -75,3 +81,83 @@ def test_overlong_texts_are_truncated_and_counted_in_one_warning(tmp_path, word_
     assert tokens(dataset.source_ids[0]) == ["[CLS]", "the", "cat", "sat", "[SEP]"]  # the end token is kept
     assert tokens(dataset.target_ids[0]) == ["a", "cat", "was", "sitting"]
     assert tokens(dataset.source_ids[1]) == ["[CLS]", "love", "thy", "neighbour", "[SEP]"]
+
+
+# ------------------------------------------------------------------ checkpoints
+def saved_checkpoint(module) -> dict:
+    checkpoint = {"state_dict": module.state_dict()}
+    module.on_save_checkpoint(checkpoint)
+    return checkpoint
+
+
+def test_checkpoint_records_what_the_weights_depend_on(word_model):
+    module = tiny_module(word_model, vocabulary=[0, 3, 6, 7])
+    recorded = saved_checkpoint(module)[CHECKPOINT_KEY]
+    tokenizer = module.tokenizer
+    assert recorded["embedding"] == word_model
+    assert recorded["embedding_shape"] == [len(SPECIAL_TOKENS) + len(pair_words()), 16]
+    assert recorded["tokenizer_size"] == len(tokenizer)
+    assert recorded["vocabulary_size"] == 4
+    assert recorded["space"] == "SmoothieSpace"
+    assert recorded["schedule"] == {"sigma_min": 1.5, "sigma_max": 200.0, "k": 9.0, "delta": 1.0}
+    assert (recorded["target_length"], recorded["source_length"]) == (8, 10)
+    # Digests: equal for an equal matrix, different for a matrix one value apart.
+    matrix = module.embedding_matrix.clone()
+    assert tensor_digest(matrix) == recorded["embedding_sha256"]
+    matrix[3, 2] += 1e-3
+    assert tensor_digest(matrix) != recorded["embedding_sha256"]
+
+
+def test_checkpoint_of_another_embedding_matrix_is_refused_naming_both(word_model, tmp_path):
+    checkpoint = saved_checkpoint(tiny_module(word_model))
+    reseeded = str(make_word_model(tmp_path / "reseeded", pair_words(), seed=1))  # same tokenizer, other weights
+    with pytest.raises(CheckpointMismatchError) as error:
+        tiny_module(reseeded).on_load_checkpoint(checkpoint)
+    message = str(error.value)
+    assert "embedding matrix: the checkpoint has embedding=" + repr(word_model) in message
+    assert "this run has embedding=" + repr(reseeded) in message
+    assert "tokenizer:" not in message  # the token table is the same
+
+
+def test_checkpoint_of_another_tokenizer_is_refused_naming_both(word_model, tmp_path):
+    checkpoint = saved_checkpoint(tiny_module(word_model))
+    other = str(make_word_model(tmp_path / "other", [*pair_words(), "zebra"]))
+    with pytest.raises(CheckpointMismatchError) as error:
+        tiny_module(other).on_load_checkpoint(checkpoint)
+    message = str(error.value)
+    size = len(SPECIAL_TOKENS) + len(pair_words())
+    assert f"tokenizer: the checkpoint has embedding={word_model!r}, tokenizer_size={size}" in message
+    assert f"this run has embedding={other!r}, tokenizer_size={size + 1}" in message
+
+
+def test_checkpoint_with_other_lengths_or_schedule_is_refused(word_model):
+    checkpoint = saved_checkpoint(tiny_module(word_model))
+    with pytest.raises(CheckpointMismatchError, match="lengths: the checkpoint has target_length=8, source_length=10"):
+        tiny_module(word_model, target_length=12).on_load_checkpoint(checkpoint)
+    with pytest.raises(CheckpointMismatchError, match="schedule: .*'sigma_max': 200.0.*'sigma_max': 100.0"):
+        tiny_module(word_model, schedule={"sigma_max": 100.0}).on_load_checkpoint(checkpoint)
+
+
+def test_data_vocabulary_other_than_the_checkpoints_is_refused_but_no_vocabulary_takes_it(word_model):
+    checkpoint = saved_checkpoint(tiny_module(word_model, vocabulary=[0, 3, 6, 7]))
+    with pytest.raises(CheckpointMismatchError) as error:
+        tiny_module(word_model, vocabulary=[0, 3, 6, 8, 9]).on_load_checkpoint(checkpoint)
+    tokens = tiny_module(word_model).tokenizer.convert_ids_to_tokens([7, 8, 9])
+    message = str(error.value)
+    assert "diffuses over 4 token ids" in message and "gives a vocabulary of 5" in message
+    assert f"1 only in the checkpoint ('{tokens[0]}'), 2 only in the data ('{tokens[1]}', '{tokens[2]}')" in message
+    unrestricted = tiny_module(word_model)
+    unrestricted.on_load_checkpoint(checkpoint)
+    assert unrestricted.vocabulary.tolist() == [0, 3, 6, 7]
+
+
+def test_load_from_checkpoint_file_round_trips_and_checks(word_model, tmp_path):
+    module = tiny_module(word_model)
+    trainer = L.Trainer(max_steps=0, logger=False, enable_progress_bar=False, enable_model_summary=False)
+    trainer.strategy.connect(module)
+    path = tmp_path / "model.ckpt"
+    trainer.save_checkpoint(path)
+    loaded = SmoothieModule.load_from_checkpoint(path)
+    assert loaded.fingerprint() == module.fingerprint()
+    with pytest.raises(CheckpointMismatchError, match="lengths"):
+        SmoothieModule.load_from_checkpoint(path, target_length=9)

@@ -4,14 +4,26 @@ import json
 
 import lightning as L
 import pytest
+import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.demos.boring_classes import BoringModel
 
-from smoothie_pl.data import JsonlDataModule
+from smoothie_pl.callbacks import NonFiniteGuard
+from smoothie_pl.cli import build_cli, run
+from smoothie_pl.data import BibleDataModule, JsonlDataModule
 from smoothie_pl.data.jsonl import read_jsonl_pairs
-from smoothie_pl.errors import CheckpointMismatchError, DataError, DataFileNotFoundError
+from smoothie_pl.errors import (
+    CheckpointMismatchError,
+    ConfigError,
+    DataError,
+    DataFileNotFoundError,
+    NonFiniteLossError,
+)
 from smoothie_pl.fingerprint import CHECKPOINT_KEY, tensor_digest
 from smoothie_pl.module import SmoothieModule
 
 from .conftest import SPECIAL_TOKENS, make_word_model, pair_words
+from .test_cli import TINY
 from .test_module import tiny_module
 
 GOOD = '{"src": "a", "trg": "b"}'
@@ -161,3 +173,103 @@ def test_load_from_checkpoint_file_round_trips_and_checks(word_model, tmp_path):
     assert loaded.fingerprint() == module.fingerprint()
     with pytest.raises(CheckpointMismatchError, match="lengths"):
         SmoothieModule.load_from_checkpoint(path, target_length=9)
+
+
+# ------------------------------------------------------------------ configs
+def test_impossible_config_values_fail_at_start_up_naming_key_and_range(monkeypatch, tmp_path):
+    monkeypatch.chdir(tmp_path)
+
+    def built(*args, **kwargs):
+        raise AssertionError("data was read or a model was built before the config was checked")
+
+    monkeypatch.setattr(BibleDataModule, "prepare_data", built)
+    monkeypatch.setattr(JsonlDataModule, "read_split", built)
+    monkeypatch.setattr("smoothie_pl.module.load_embedding_matrix", built)
+    bad = {
+        "--model.sampling_steps": ("-3", "model.sampling_steps = -3: allowed >= 1"),
+        "--model.schedule.sigma_max": ("1.0", "model.schedule.sigma_max = 1.0: allowed > model.schedule.sigma_min"),
+        "--model.target_length": ("0", "model.target_length = 0: allowed >= 1"),
+        "--model.vocab_chunk_size": ("0", "model.vocab_chunk_size = 0: allowed >= 1"),
+        "--model.denoiser.heads": ("3", "model.denoiser.heads = 3: allowed a divisor of model.denoiser.width"),
+        "--data.init_args.batch_size": ("-1", "data.init_args.batch_size = -1: allowed >= 1"),
+        "--trainer.max_steps": ("-5", "trainer.max_steps = -5: allowed >= -1"),
+        "--ema.decay": ("1.5", "ema.decay = 1.5: allowed in (0, 1)"),
+    }
+    arguments = [item for option, (value, _) in bad.items() for item in (option, value)]
+    with pytest.raises(ConfigError) as error:
+        build_cli(["--config", str(TINY), *arguments], run=False)
+    lines = str(error.value).splitlines()[1:]
+    assert sorted(line.strip() for line in lines) == sorted(message for _, message in bad.values())
+
+
+def test_cli_prints_one_error_line_and_exits_nonzero(monkeypatch, tmp_path, capsys):
+    monkeypatch.chdir(tmp_path)
+    assert run(["fit", "--config", str(TINY), "--model.schedule.sigma_min", "0"]) == 1
+    assert capsys.readouterr().err.splitlines() == [
+        "smoothie: error: impossible configuration values:",
+        "  model.schedule.sigma_min = 0.0: allowed > 0",
+    ]
+    assert run(["fit", "--config", str(TINY), "--model.no_such_key", "1"]) == 2
+    assert "no_such_key" in capsys.readouterr().err
+    assert run(["predict", "--config", str(TINY), "--ckpt_path", "missing.ckpt"]) == 1
+    assert capsys.readouterr().err.strip() == "smoothie: error: checkpoint missing.ckpt does not exist"
+    (tmp_path / "broken.ckpt").write_bytes(b"PK\x03\x04 not really a zip")
+    assert run(["predict", "--config", str(TINY), "--ckpt_path", "broken.ckpt"]) == 1
+    assert capsys.readouterr().err.startswith("smoothie: error: checkpoint broken.ckpt cannot be read")
+
+
+# ------------------------------------------------------------------ diverging runs
+class DivergingModel(BoringModel):
+    """Its loss is NaN on the batches ``nan_batches`` of the first epoch."""
+
+    def __init__(self, nan_batches: set[int]) -> None:
+        super().__init__()
+        self.nan_batches = nan_batches
+        self.weights_around_nan = []
+
+    def training_step(self, batch, batch_idx):
+        loss = super().training_step(batch, batch_idx)["loss"]
+        return loss * float("nan") if batch_idx in self.nan_batches and self.current_epoch == 0 else loss
+
+    def on_train_batch_start(self, batch, batch_idx):
+        if batch_idx in self.nan_batches:
+            self.weights_around_nan.append(self.layer.weight.detach().clone())
+
+    def on_train_batch_end(self, outputs, batch, batch_idx):
+        if batch_idx in self.nan_batches:
+            self.weights_around_nan.append(self.layer.weight.detach().clone())
+
+
+def diverging_trainer(tmp_path, guard: NonFiniteGuard) -> L.Trainer:
+    return L.Trainer(
+        max_steps=8,
+        limit_val_batches=0,
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=tmp_path,
+        callbacks=[guard, ModelCheckpoint(dirpath=tmp_path, every_n_train_steps=2, save_top_k=-1)],
+    )
+
+
+def test_nonfinite_loss_stops_training_naming_step_batch_and_last_good_checkpoint(tmp_path):
+    trainer = diverging_trainer(tmp_path, NonFiniteGuard())
+    with pytest.raises(NonFiniteLossError) as error:
+        trainer.fit(DivergingModel(nan_batches={5}))
+    message = str(error.value)
+    assert message.startswith("non-finite loss (nan) at step 5 (epoch 0, batch index 5)")
+    assert f"Last good checkpoint: {tmp_path / 'epoch=0-step=4.ckpt'}." in message
+    for path in tmp_path.glob("*.ckpt"):
+        state = torch.load(path, weights_only=True)["state_dict"]
+        assert all(torch.isfinite(tensor).all() for tensor in state.values()), path
+
+
+def test_skipping_nonfinite_batches_leaves_the_weights_of_that_step_alone(tmp_path):
+    guard = NonFiniteGuard(skip_batches=True)
+    model = DivergingModel(nan_batches={3})
+    with pytest.warns(UserWarning, match=r"skipped the optimizer step at step 3 \(epoch 0, batch index 3\)"):
+        diverging_trainer(tmp_path, guard).fit(model)
+    before, after = model.weights_around_nan
+    assert torch.equal(before, after)
+    assert guard.skipped == 1 and model.global_step == 8
+    assert torch.isfinite(model.layer.weight).all()

@@ -19,7 +19,11 @@ class ConfigError(SmoothieError, ValueError):
     """Configuration values that cannot work; the message names every key and its allowed range."""
 
 
-class CheckpointMismatchError(SmoothieError, ValueError):
+class CheckpointError(SmoothieError, ValueError):
+    """A checkpoint file is missing, unreadable or not a Lightning checkpoint."""
+
+
+class CheckpointMismatchError(CheckpointError):
     """A checkpoint depends on an embedding, tokenizer, vocabulary or shape other than the current run's."""
 
 

@@ -1,6 +1,9 @@
 """Bad data, configs, checkpoints and diverging runs end in an error that names the file, line, key or step."""
 
 import json
+import os
+import runpy
+import subprocess
 
 import lightning as L
 import pytest
@@ -23,7 +26,7 @@ from smoothie_pl.fingerprint import CHECKPOINT_KEY, tensor_digest
 from smoothie_pl.module import SmoothieModule
 
 from .conftest import SPECIAL_TOKENS, make_word_model, pair_words
-from .test_cli import TINY
+from .test_cli import ROOT, SMOOTHIE, TINY
 from .test_module import tiny_module
 
 GOOD = '{"src": "a", "trg": "b"}'
@@ -273,3 +276,32 @@ def test_skipping_nonfinite_batches_leaves_the_weights_of_that_step_alone(tmp_pa
     assert torch.equal(before, after)
     assert guard.skipped == 1 and model.global_step == 8
     assert torch.isfinite(model.layer.weight).all()
+
+
+# ------------------------------------------------------------------ the whole corpus, through the CLI
+@pytest.mark.slow
+def test_console_script_reports_a_user_error_in_one_line_without_traceback(tmp_path):
+    done = subprocess.run(
+        [str(SMOOTHIE), "fit", "--config", str(TINY), "--model.sampling_steps", "-1"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONWARNINGS": "ignore"},
+    )
+    assert done.returncode == 1
+    assert done.stderr.strip().splitlines()[-2:] == [
+        "smoothie: error: impossible configuration values:",
+        "  model.sampling_steps = -1: allowed >= 1",
+    ]
+    assert "Traceback" not in done.stderr
+
+
+@pytest.mark.slow
+def test_robustness_corpus_ends_in_clear_errors_or_correct_results(capsys):
+    main = runpy.run_path(str(ROOT / "experiments" / "robustness" / "run.py"))["main"]
+    status = main([])
+    table = capsys.readouterr().out.splitlines()
+    assert status == 0, "\n".join(table)
+    rows = table[1:-1]  # between the header and the count
+    assert len(rows) >= 25 and all("  ok  " in row for row in rows)
+    assert table[-1] == f"{len(rows)} of {len(rows)} cases end as expected"

@@ -90,15 +90,25 @@ def build_cli(args: list[str] | None = None, run: bool = True) -> SmoothieCLI:
     )
 
 
+def smoothie_cause(error: BaseException | None) -> SmoothieError | None:
+    """The ``SmoothieError`` behind ``error``, if any (jsonargparse wraps errors raised while linking)."""
+    while error is not None and not isinstance(error, SmoothieError):
+        error = error.__cause__ or error.__context__
+    return error
+
+
 def run(args: list[str] | None = None) -> int:
     """Run the CLI and return its exit status; a ``SmoothieError`` is one message on stderr, not a traceback."""
     try:
         build_cli(args)
-    except SmoothieError as error:
-        print(f"smoothie: error: {error}", file=sys.stderr)
-        return 1
     except SystemExit as exit:  # the parser's errors (unknown keys, wrong types) and --help
         return exit.code if isinstance(exit.code, int) else 1
+    except Exception as error:
+        cause = smoothie_cause(error)
+        if cause is None:
+            raise
+        print(f"smoothie: error: {cause}", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -46,7 +46,8 @@ OTHER_SENTENCES = [("zebras graze quietly near rivers", "zebras eat grass by the
 
 @dataclass
 class Case:
-    """A command line and what it must end in: ``expect`` is the exit status, ``names`` must appear in its error line."""
+    """A command line and what it must end in: exit status ``expect``, and ``names`` in its error line
+    (in its warnings when it succeeds)."""
 
     name: str
     args: list[str]
@@ -57,6 +58,8 @@ class Case:
 
 @dataclass
 class Outcome:
+    """Exit status, the error line (for a success: its first warning that the case names) and the verdict."""
+
     status: int | str
     line: str
     passed: bool
@@ -134,6 +137,7 @@ def cases(work: Path) -> list[Case]:
     fit = ["fit", *base_args(work), "--trainer.default_root_dir", str(work / "runs")]
     predict = ["predict", *base_args(work), "--trainer.default_root_dir", str(work / "runs")]
     train = data / "train.jsonl"
+    ckpt = checkpoint(work)
 
     def bad_train(*lines: bytes) -> Callable[[Path], None]:
         return lambda _: write_pairs(train, SENTENCES, lines)
@@ -164,50 +168,66 @@ def cases(work: Path) -> list[Case]:
             ["train.jsonl:1", "missing field 'source'"],
             lambda _: write_pairs(train, SENTENCES),
         ),
-        Case("train file does not exist", [*fit, "--data.init_args.train_file", str(data / "nope.jsonl")], 1, ["nope.jsonl"]),
-        Case("empty validation file", fit, 1, ["validation.jsonl", "it is empty"], text(data / "validation.jsonl", b"\n")),
+        Case("train file does not exist", [*fit, "--data.init_args.train_file", str(data / "no.jsonl")], 1, ["no.jsonl"]),
+        Case("empty validation file", fit, 1, ["validation.jsonl", "it is empty"], text(data / "validation.jsonl", b" ")),
         Case(
             "no test file given",
-            ["test", *base_args(work), "--data.init_args.test_file", "null", "--ckpt_path", checkpoint(work)],
+            ["test", *base_args(work), "--data.init_args.test_file", "null", "--ckpt_path", ckpt],
             1,
             ["test split", "data.init_args.test_file"],
             lambda _: write_pairs(data / "validation.jsonl", SENTENCES),
         ),
-        Case("bad lines skipped on request", [*fit, "--data.init_args.skip_bad_lines", "true"], 0, [], bad_train(b"{", b"[]")),
+        Case(
+            "bad lines skipped on request",
+            [*fit, "--data.init_args.skip_bad_lines", "true"],
+            0,
+            ["train.jsonl: skipped 2 bad line(s) (lines 3, 4; line 3: malformed JSON"],
+            bad_train(b"{", b"[]"),
+        ),
         Case(
             "overlong texts truncated",
             [*fit, "--model.target_length", "4"],
             0,
-            [],
+            ["train split: truncated 0 of 4 sources", "and 4 targets to target_length=4"],
             lambda _: write_pairs(train, SENTENCES),
         ),
     ]
+    impossible_values = [  # name, option, value, what the error line must name
+        ("negative sampling steps", "--model.sampling_steps", "-5", ["model.sampling_steps = -5", ">= 1"]),
+        ("sigma_max below sigma_min", "--model.schedule.sigma_max", "1.0", ["sigma_max = 1.0", "> model.schedule.sig"]),
+        ("zero target length", "--model.target_length", "0", ["model.target_length = 0", ">= 1"]),
+        ("negative source length", "--model.source_length", "-1", ["model.source_length = -1"]),
+        ("zero vocabulary chunk", "--model.vocab_chunk_size", "0", ["model.vocab_chunk_size = 0"]),
+        ("zero batch size", "--data.init_args.batch_size", "0", ["data.init_args.batch_size = 0"]),
+        ("dropout of 1", "--model.denoiser.dropout", "1.0", ["model.denoiser.dropout", "[0, 1)"]),
+        ("odd denoiser depth", "--model.denoiser.depth", "3", ["model.denoiser.depth = 3", "even"]),
+        ("heads not dividing width", "--model.denoiser.heads", "5", ["model.denoiser.heads = 5"]),
+        ("unknown vocab dtype", "--model.vocab_dtype", "float8", ["model.vocab_dtype", "bfloat16"]),
+        ("unknown metric set", "--model.metric_set", "poetry", ["model.metric_set", "paraphrase"]),
+        ("unknown sampler", "--model.sampler", "magic", ["model.sampler", "renoise"]),
+        ("negative max_steps", "--trainer.max_steps", "-5", ["trainer.max_steps = -5"]),
+        ("EMA decay above 1", "--ema.decay", "1.5", ["ema.decay = 1.5"]),
+        ("unknown predict split", "--data.init_args.predict_split", "dev", ["data.init_args.predict_split"]),
+    ]
+    broken_yaml = text(work / "broken.yaml", b"model: [1, 2\n")
     config_cases = [
         Case("unknown model key", [*fit, "--model.not_a_key", "1"], 2, ["not_a_key"]),
         Case("unknown data key", [*fit, "--data.init_args.batchsize", "4"], 2, ["batchsize"]),
         Case("text where a number belongs", [*fit, "--model.sampling_steps", "many"], 2, ["sampling_steps"]),
         Case("config file does not exist", ["fit", "--config", str(work / "nope.yaml")], 2, ["nope.yaml"]),
-        Case("malformed yaml", ["fit", "--config", str(work / "broken.yaml")], 2, ["Problems parsing config", "line 1"], text(work / "broken.yaml", b"model: [1, 2\n")),
+        Case("malformed yaml", ["fit", "--config", str(work / "broken.yaml")], 2, ["parsing config", "line 1"], broken_yaml),
         Case("unknown data class", [*fit, "--data.class_path", "smoothie_pl.data.NoSuchData"], 2, ["NoSuchData"]),
-        Case("negative sampling steps", [*fit, "--model.sampling_steps", "-5"], 1, ["model.sampling_steps = -5", ">= 1"]),
-        Case("sigma_max below sigma_min", [*fit, "--model.schedule.sigma_max", "1.0"], 1, ["model.schedule.sigma_max", "> model.schedule.sigma_min"]),
-        Case("zero target length", [*fit, "--model.target_length", "0"], 1, ["model.target_length = 0"]),
-        Case("negative source length", [*fit, "--model.source_length", "-1"], 1, ["model.source_length = -1"]),
-        Case("zero vocabulary chunk", [*fit, "--model.vocab_chunk_size", "0"], 1, ["model.vocab_chunk_size = 0"]),
-        Case("zero batch size", [*fit, "--data.init_args.batch_size", "0"], 1, ["data.init_args.batch_size = 0"]),
-        Case("dropout of 1", [*fit, "--model.denoiser.dropout", "1.0"], 1, ["model.denoiser.dropout", "[0, 1)"]),
-        Case("odd denoiser depth", [*fit, "--model.denoiser.depth", "3"], 1, ["model.denoiser.depth = 3", "even"]),
-        Case("heads not dividing width", [*fit, "--model.denoiser.heads", "5"], 1, ["model.denoiser.heads = 5"]),
-        Case("unknown vocab dtype", [*fit, "--model.vocab_dtype", "float8"], 1, ["model.vocab_dtype", "bfloat16"]),
-        Case("unknown metric set", [*fit, "--model.metric_set", "poetry"], 1, ["model.metric_set", "paraphrase"]),
-        Case("unknown sampler", [*fit, "--model.sampler", "magic"], 1, ["model.sampler", "renoise"]),
-        Case("negative max_steps", [*fit, "--trainer.max_steps", "-5"], 1, ["trainer.max_steps = -5"]),
-        Case("EMA decay above 1", [*fit, "--ema.decay", "1.5"], 1, ["ema.decay = 1.5"]),
-        Case("unknown predict split", [*predict, "--data.init_args.predict_split", "dev"], 1, ["data.init_args.predict_split"]),
+        *(Case(name, [*fit, option, value], 1, names) for name, option, value, names in impossible_values),
     ]
     checkpoint_cases = [
-        Case("checkpoint does not exist", [*predict, "--ckpt_path", str(work / "nope.ckpt")], 1, ["nope.ckpt does not exist"]),
-        Case("checkpoint is not a zip", [*predict, "--ckpt_path", str(work / "text.ckpt")], 1, ["text.ckpt cannot be read", "not the zip"], text(work / "text.ckpt", b"hello")),
+        Case("checkpoint does not exist", [*predict, "--ckpt_path", str(work / "no.ckpt")], 1, ["no.ckpt does not exist"]),
+        Case(
+            "checkpoint is not a zip",
+            [*predict, "--ckpt_path", str(work / "text.ckpt")],
+            1,
+            ["text.ckpt cannot be read", "not the zip"],
+            text(work / "text.ckpt", b"hello"),
+        ),
         Case(
             "checkpoint without state_dict",
             [*predict, "--ckpt_path", str(work / "plain.ckpt")],
@@ -215,35 +235,35 @@ def cases(work: Path) -> list[Case]:
             ["plain.ckpt is not a Lightning checkpoint"],
             lambda _: __import__("torch").save({"weights": [1, 2]}, work / "plain.ckpt"),
         ),
-        Case("predict from the checkpoint", [*predict, "--ckpt_path", checkpoint(work)], 0),
+        Case("predict from the checkpoint", [*predict, "--ckpt_path", ckpt], 0),
         Case(
             "data vocabulary differs from the checkpoint's",
-            [*predict, "--ckpt_path", checkpoint(work), "--data.init_args.train_file", str(data / "other_train.jsonl")],
+            [*predict, "--ckpt_path", ckpt, "--data.init_args.train_file", str(data / "other_train.jsonl")],
             1,
             ["diffuses over", "only in the data", "'river'"],
         ),
         Case(
             "embedding weights changed at the checkpoint's path",
-            [*predict, "--ckpt_path", checkpoint(work)],
+            [*predict, "--ckpt_path", ckpt],
             1,
             ["does not fit this run", "embedding matrix"],
             reseed_embedding,
         ),
         Case(
             "tokenizer at the checkpoint's path gained a token",
-            [*predict, "--ckpt_path", checkpoint(work)],
+            [*predict, "--ckpt_path", ckpt],
             1,
             ["tokenizer: the checkpoint has", "tokenizer_size=30522", "tokenizer_size=30523"],
             add_token_to_embedding,
         ),
-        Case("checkpoint usable again once the embedding is restored", [*predict, "--ckpt_path", checkpoint(work)], 0, [], restore_embedding),
+        Case("checkpoint fits again with the embedding restored", [*predict, "--ckpt_path", ckpt], 0, [], restore_embedding),
         Case(
             "diverging run stops before saving NaN weights",
             [*fit, "--model.lr", "1e30", "--model.warmup_steps", "0", "--trainer.max_steps", "6"],
             1,
             ["non-finite", "at step", "batch index", "Last good checkpoint"],
         ),
-        Case("resuming fit from a non-checkpoint", [*fit, "--ckpt_path", str(work / "text.ckpt")], 1, ["text.ckpt cannot be read"]),
+        Case("resuming fit from a non-checkpoint", [*fit, "--ckpt_path", str(work / "text.ckpt")], 1, ["text.ckpt"]),
     ]
     return data_cases + config_cases + checkpoint_cases
 
@@ -257,7 +277,7 @@ def invoke_in_process(args: list[str]) -> tuple[int | str, list[str]]:
     for name in ("lightning.pytorch", "lightning.fabric"):
         logging.getLogger(name).setLevel(logging.ERROR)
     with contextlib.redirect_stderr(stderr), contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
-        warnings.simplefilter("ignore")
+        warnings.simplefilter("always")
         try:
             status: int | str = run(args)
         except Exception:
@@ -268,7 +288,7 @@ def invoke_in_process(args: list[str]) -> tuple[int | str, list[str]]:
 
 def invoke_subprocess(args: list[str]) -> tuple[int | str, list[str]]:
     command = [sys.executable, "-m", "smoothie_pl.cli", *args]
-    done = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "PYTHONWARNINGS": "ignore"})
+    done = subprocess.run(command, capture_output=True, text=True)
     status = "traceback" if "Traceback (most recent call last)" in done.stderr else done.returncode
     return status, done.stderr.splitlines()
 
@@ -293,7 +313,11 @@ def run_case(case: Case, work: Path, invoke) -> Outcome:
     line = error_line(lines)
     if status == "traceback":
         line = lines[-1] if lines else "traceback"
-    passed = status == case.expect and all(name in line for name in case.names) and (status == 0) == (not line)
+    # A success names its warnings anywhere in stderr; a failure names the problem in its error line.
+    named_in = "\n".join(lines) if status == 0 else line
+    passed = status == case.expect and all(name in named_in for name in case.names) and (status == 0) == (not line)
+    if status == 0 and case.names:
+        line = next((text.split("Warning: ", 1)[-1] for text in lines if case.names[0] in text), "")
     return Outcome(status, line, passed)
 
 
@@ -315,13 +339,14 @@ def main(argv: list[str] | None = None) -> int:
             prepare_workspace(work)
             selected = [case for case in cases(work) if not options.only or options.only in case.name]
             width = max(len(case.name) for case in selected)
-            print(f"{'case':<{width}}  exit  ok  first error line")
+            print(f"{'case':<{width}}  exit  ok  first error line (of a success: its warning)")
             failures = 0
             for case in selected:
                 outcome = run_case(case, work, invoke)
                 failures += not outcome.passed
                 shown = outcome.line.replace(scratch, "$WORK")
-                print(f"{case.name:<{width}}  {outcome.status!s:>4}  {'ok' if outcome.passed else 'NO'}  {shown[:150]}", flush=True)
+                verdict = "ok" if outcome.passed else "NO"
+                print(f"{case.name:<{width}}  {outcome.status!s:>4}  {verdict}  {shown[:150]}", flush=True)
                 if not outcome.passed:
                     print(f"    expected exit {case.expect} naming {case.names}; the whole line: {shown}")
         finally:

@@ -91,9 +91,9 @@ def build_cli(args: list[str] | None = None, run: bool = True) -> SmoothieCLI:
 
 
 def smoothie_cause(error: BaseException | None) -> SmoothieError | None:
-    """The ``SmoothieError`` behind ``error``, if any (jsonargparse wraps errors raised while linking)."""
+    """The ``SmoothieError`` that ``error`` is or wraps (``raise ... from``), if any; jsonargparse wraps link errors."""
     while error is not None and not isinstance(error, SmoothieError):
-        error = error.__cause__ or error.__context__
+        error = error.__cause__
     return error
 
 
@@ -102,7 +102,10 @@ def run(args: list[str] | None = None) -> int:
     try:
         build_cli(args)
     except SystemExit as exit:  # the parser's errors (unknown keys, wrong types) and --help
-        return exit.code if isinstance(exit.code, int) else 1
+        if exit.code is None or isinstance(exit.code, int):
+            return exit.code or 0
+        print(exit.code, file=sys.stderr)
+        return 1
     except Exception as error:
         cause = smoothie_cause(error)
         if cause is None:

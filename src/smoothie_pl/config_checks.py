@@ -33,9 +33,8 @@ def above(low: float) -> Allowed:
     return Allowed(f"> {low}", lambda value, _: value > low)
 
 
-def unit_interval(closed_high: bool = False) -> Allowed:
-    high = "1]" if closed_high else "1)"
-    return Allowed(f"in [0, {high}", lambda value, _: 0 <= value <= 1 and (closed_high or value < 1))
+def fraction() -> Allowed:
+    return Allowed("in [0, 1)", lambda value, _: 0 <= value < 1)
 
 
 def one_of(choices: Iterable[str]) -> Allowed:
@@ -58,7 +57,7 @@ RULES: dict[str, Allowed] = {
     "model.sampling_steps": at_least(1),
     "model.sampling_noise_scale": at_least(0),
     "model.lr": above(0),
-    "model.betas": each(unit_interval()),
+    "model.betas": each(fraction()),
     "model.eps": above(0),
     "model.weight_decay": at_least(0),
     "model.warmup_steps": at_least(0),
@@ -78,7 +77,7 @@ RULES: dict[str, Allowed] = {
         "a divisor of model.denoiser.width", lambda value, lookup: value >= 1 and lookup("model.denoiser.width") % value == 0
     ),
     "model.denoiser.mlp_ratio": above(0),
-    "model.denoiser.dropout": unit_interval(),
+    "model.denoiser.dropout": fraction(),
     "model.denoiser.encoder_depth": at_least(0),
     "model.denoiser.source_encoder": one_of(("scratch", "pretrained", "none")),
     "data.init_args.batch_size": at_least(1),

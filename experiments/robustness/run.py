@@ -276,14 +276,16 @@ def invoke_in_process(args: list[str]) -> tuple[int | str, list[str]]:
     stderr = io.StringIO()
     for name in ("lightning.pytorch", "lightning.fabric"):
         logging.getLogger(name).setLevel(logging.ERROR)
-    with contextlib.redirect_stderr(stderr), contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
-        warnings.simplefilter("always")
-        try:
-            status: int | str = run(args)
-        except Exception:
-            status = "traceback"
-            stderr.write(traceback.format_exc())
-    return status, stderr.getvalue().splitlines()
+    with contextlib.redirect_stderr(stderr), contextlib.redirect_stdout(io.StringIO()):
+        with warnings.catch_warnings(record=True) as caught:  # recorded, whoever else is watching warnings
+            warnings.simplefilter("always")
+            try:
+                status: int | str = run(args)
+            except Exception:
+                status = "traceback"
+                stderr.write(traceback.format_exc())
+    warned = [f"{warning.category.__name__}: {warning.message}" for warning in caught]
+    return status, [*warned, *stderr.getvalue().splitlines()]
 
 
 def invoke_subprocess(args: list[str]) -> tuple[int | str, list[str]]:

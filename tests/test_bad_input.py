@@ -134,6 +134,18 @@ def test_checkpoint_of_another_embedding_matrix_is_refused_naming_both(word_mode
     assert "tokenizer:" not in message  # the token table is the same
 
 
+def test_embedding_matrix_rounding_noise_from_other_hardware_is_tolerated(word_model):
+    checkpoint = saved_checkpoint(tiny_module(word_model))
+    noisy = checkpoint["state_dict"]["embedding_matrix"] * (1 + 1e-7)
+    checkpoint["state_dict"]["embedding_matrix"] = noisy
+    checkpoint[CHECKPOINT_KEY]["embedding_sha256"] = tensor_digest(noisy)
+    assert tensor_digest(noisy) != tiny_module(word_model).fingerprint()["embedding_sha256"]
+    tiny_module(word_model).on_load_checkpoint(checkpoint)  # the digests differ, the values agree
+    checkpoint["state_dict"]["embedding_matrix"] = noisy * 1.01
+    with pytest.raises(CheckpointMismatchError, match="embedding matrix"):
+        tiny_module(word_model).on_load_checkpoint(checkpoint)
+
+
 def test_checkpoint_of_another_tokenizer_is_refused_naming_both(word_model, tmp_path):
     checkpoint = saved_checkpoint(tiny_module(word_model))
     other = str(make_word_model(tmp_path / "other", [*pair_words(), "zebra"]))

@@ -45,7 +45,9 @@ class SmoothieModule(L.LightningModule):
             embeddings are diffused over (frozen, standardised); ``None`` is the
             packaged offline MiniLM.
         vocabulary: token ids to diffuse over (``None``: all). Stored in the
-            checkpoint as a buffer, not as a hyperparameter.
+            checkpoint as a buffer, not as a hyperparameter; a module built
+            with ``None`` takes a loaded checkpoint's, one built with other ids
+            refuses it.
         denoiser: size and conditioning of the U-shaped transformer.
         schedule: the arctan noise schedule.
         target_length, source_length: ``L`` and the longest source ``Lc``.

@@ -279,6 +279,21 @@ def test_nonfinite_loss_stops_training_naming_step_batch_and_last_good_checkpoin
         assert all(torch.isfinite(tensor).all() for tensor in state.values()), path
 
 
+class NaNGradientModel(BoringModel):
+    """A finite loss whose gradient is NaN on batch 2: d sqrt(u)/du is infinite at u = 0, times du/dw = 0."""
+
+    def training_step(self, batch, batch_idx):
+        loss = super().training_step(batch, batch_idx)["loss"]
+        if batch_idx == 2:
+            loss = loss + torch.sqrt(0 * self.layer.weight.sum())
+        return loss
+
+
+def test_nonfinite_gradient_of_a_finite_loss_also_stops_training(tmp_path):
+    with pytest.raises(NonFiniteLossError, match=r"non-finite gradient \(first in layer.weight\) at step 2 "):
+        diverging_trainer(tmp_path, NonFiniteGuard()).fit(NaNGradientModel())
+
+
 def test_skipping_nonfinite_batches_leaves_the_weights_of_that_step_alone(tmp_path):
     guard = NonFiniteGuard(skip_batches=True)
     model = DivergingModel(nan_batches={3})

@@ -74,7 +74,8 @@ RULES: dict[str, Allowed] = {
     "model.denoiser.width": at_least(1),
     "model.denoiser.depth": Allowed("an even number >= 2", lambda value, _: value >= 2 and value % 2 == 0),
     "model.denoiser.heads": Allowed(
-        "a divisor of model.denoiser.width", lambda value, lookup: value >= 1 and lookup("model.denoiser.width") % value == 0
+        "a divisor of model.denoiser.width",
+        lambda value, lookup: value >= 1 and lookup("model.denoiser.width") % value == 0,
     ),
     "model.denoiser.mlp_ratio": above(0),
     "model.denoiser.dropout": fraction(),

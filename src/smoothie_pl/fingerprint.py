@@ -109,7 +109,9 @@ def check_compatible(
         )
 
 
-def vocabulary_mismatch(saved: torch.Tensor, current: torch.Tensor, tokenizer, checkpoint: str) -> CheckpointMismatchError:
+def vocabulary_mismatch(
+    saved: torch.Tensor, current: torch.Tensor, tokenizer, checkpoint: str
+) -> CheckpointMismatchError:
     """The error for a run whose data gives a diffusion vocabulary other than the checkpoint's."""
     saved_ids, current_ids = set(saved.tolist()), set(current.tolist())
 

@@ -73,5 +73,6 @@ class NonFiniteGuard(Callback):
         gradients = [p.grad for p in pl_module.parameters() if p.grad is not None]
         if not gradients or torch.isfinite(torch.nn.utils.get_total_norm(gradients)):
             return None
-        name = next(name for name, p in pl_module.named_parameters() if p.grad is not None and not p.grad.isfinite().all())
+        bad = (name for name, p in pl_module.named_parameters() if p.grad is not None and not p.grad.isfinite().all())
+        name = next(bad)
         return f"gradient (first in {name})"

@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 from lightning.pytorch.callbacks import ModelCheckpoint, ProgressBar, RichProgressBar
 from lightning.pytorch.cli import LightningCLI
 
-from smoothie_pl.callbacks import JsonlPredictionWriter, SmoothieEMA
+from smoothie_pl.callbacks import JsonlPredictionWriter, NonFiniteGuard, SmoothieEMA
+from smoothie_pl.config_checks import config_errors
 from smoothie_pl.data import Seq2SeqDataModule
+from smoothie_pl.errors import ConfigError, SmoothieError
+from smoothie_pl.fingerprint import check_checkpoint_file
 from smoothie_pl.module import SmoothieModule
 
 
@@ -42,6 +46,7 @@ class SmoothieCLI(LightningCLI):
     def add_arguments_to_parser(self, parser) -> None:
         parser.add_lightning_class_args(SmoothieEMA, "ema")
         parser.add_lightning_class_args(JsonlPredictionWriter, "prediction_writer")
+        parser.add_lightning_class_args(NonFiniteGuard, "nonfinite_guard")
         parser.link_arguments("model.embedding", "data.init_args.tokenizer")
         parser.link_arguments("model.source_embedding", "data.init_args.source_tokenizer")
         parser.link_arguments("model.target_length", "data.init_args.target_length")
@@ -53,11 +58,19 @@ class SmoothieCLI(LightningCLI):
         subcommand = self.config.get("subcommand")
         if not subcommand:
             return super()._parse_ckpt_path()
+        check_checkpoint_file(self.config[subcommand].get("ckpt_path"))
         keys = [f"{subcommand}.model.{option}" for option in GENERATION_OPTIONS]
         requested = {key: self.config[key] for key in keys}
         super()._parse_ckpt_path()
         for key, value in requested.items():
             self.config[key] = value
+
+    def before_instantiate_classes(self) -> None:
+        """Refuse impossible values (``config_checks``) before any data is read or model built."""
+        subcommand = self.config.get("subcommand")
+        errors = config_errors(self.config[subcommand] if subcommand else self.config)
+        if errors:
+            raise ConfigError("impossible configuration values:\n  " + "\n  ".join(errors))
 
     def instantiate_trainer(self, **kwargs):
         """Use a Rich progress bar unless the config disables progress bars or brings its own."""
@@ -104,9 +117,34 @@ def build_cli(args: list[str] | None = None, run: bool = True) -> SmoothieCLI:
     )
 
 
+def smoothie_cause(error: BaseException | None) -> SmoothieError | None:
+    """The ``SmoothieError`` that ``error`` is or wraps (``raise ... from``), if any; jsonargparse wraps link errors."""
+    while error is not None and not isinstance(error, SmoothieError):
+        error = error.__cause__
+    return error
+
+
+def run(args: list[str] | None = None) -> int:
+    """Run the CLI and return its exit status; a ``SmoothieError`` is one message on stderr, not a traceback."""
+    try:
+        build_cli(args)
+    except SystemExit as exit:  # the parser's errors (unknown keys, wrong types) and --help
+        if exit.code is None or isinstance(exit.code, int):
+            return exit.code or 0
+        print(exit.code, file=sys.stderr)
+        return 1
+    except Exception as error:
+        cause = smoothie_cause(error)
+        if cause is None:
+            raise
+        print(f"smoothie: error: {cause}", file=sys.stderr)
+        return 1
+    return 0
+
+
 def main() -> None:
-    """Console-script entry point (returns nothing, so the exit status stays 0)."""
-    build_cli()
+    """Console-script entry point."""
+    sys.exit(run())
 
 
 if __name__ == "__main__":

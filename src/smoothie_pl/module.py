@@ -11,7 +11,9 @@ from torchmetrics import MeanMetric
 
 from smoothie_pl.diffusion import ArctanSchedule, SmoothieSpace, build_sampler
 from smoothie_pl.diffusion.embedding_losses import decoding_cross_entropy, prior_matching_loss
-from smoothie_pl.embeddings import load_embedding_matrix, load_tokenizer, resolve_embedding_source
+from smoothie_pl.embeddings import PACKAGED_MODEL, load_embedding_matrix, load_tokenizer, resolve_embedding_source
+from smoothie_pl.errors import CheckpointMismatchError
+from smoothie_pl.fingerprint import CHECKPOINT_KEY, check_compatible, fingerprint, vocabulary_mismatch
 from smoothie_pl.metrics import SacreBLEU, TextMetrics, mbr_select
 from smoothie_pl.models import DenoiserConfig, NullSource, PretrainedSourceEncoder, SourceEncoder, UShapedDenoiser
 from smoothie_pl.text import ids_to_text, recase_from_source
@@ -81,7 +83,9 @@ class SmoothieModule(L.LightningModule):
         clamp: snap every predicted embedding to its nearest vocabulary row
             before re-noising.
         vocabulary: token ids to diffuse over (``None``: all). Stored in the
-            checkpoint as a buffer, not as a hyperparameter.
+            checkpoint as a buffer, not as a hyperparameter; a module built
+            with ``None`` takes a loaded checkpoint's, one built with other ids
+            refuses it.
         denoiser: size and conditioning of the U-shaped transformer.
         schedule: the arctan noise schedule.
         target_length, source_length: ``L`` and the longest source ``Lc``.
@@ -157,6 +161,7 @@ class SmoothieModule(L.LightningModule):
         else:
             self.register_buffer("embedding_matrix", embedding_matrix)
         rows = torch.arange(embedding_matrix.shape[0]) if vocabulary is None else torch.tensor(sorted(vocabulary))
+        self.vocabulary_requested = vocabulary is not None  # else a checkpoint's vocabulary is taken on loading
         self._build_space(rows)
 
         if source_embedding is not None and denoiser.source_encoder == "scratch":
@@ -462,14 +467,36 @@ class SmoothieModule(L.LightningModule):
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_then_constant)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
+    def fingerprint(self) -> dict[str, Any]:
+        """What the weights depend on (``smoothie_pl.fingerprint``); saved in every checkpoint."""
+        hp = self.hparams
+        return fingerprint(
+            hp.embedding or PACKAGED_MODEL,
+            self.embedding_matrix,
+            self.tokenizer,
+            self.vocabulary,
+            type(self.space).__name__,
+            hp.schedule,
+            hp.target_length,
+            hp.source_length,
+        )
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint[CHECKPOINT_KEY] = self.fingerprint()
+
     def on_load_checkpoint(self, checkpoint: dict) -> None:
-        """Take the checkpoint's vocabulary rows before its weights are loaded."""
+        """Refuse a checkpoint of another embedding, tokenizer or shape; take its vocabulary unless the data gave one."""
         state = checkpoint["state_dict"]
         matrix = state.get("embedding_matrix")
+        name = getattr(self._trainer, "ckpt_path", None) or "being loaded"
+        if CHECKPOINT_KEY in checkpoint:
+            check_compatible(checkpoint[CHECKPOINT_KEY], self.fingerprint(), name, matrix, self.embedding_matrix)
         if matrix is not None and matrix.shape != self.embedding_matrix.shape:
-            raise ValueError(
+            raise CheckpointMismatchError(
                 f"checkpoint embedding matrix has shape {tuple(matrix.shape)} but this model's "
                 f"({self.hparams.embedding or 'packaged MiniLM'}) has {tuple(self.embedding_matrix.shape)}"
             )
         if "vocabulary" in state and not torch.equal(state["vocabulary"].cpu(), self.vocabulary.cpu()):
+            if self.vocabulary_requested:
+                raise vocabulary_mismatch(state["vocabulary"].cpu(), self.vocabulary.cpu(), self.tokenizer, name)
             self._build_space(state["vocabulary"].to(self.embedding_matrix.device))

@@ -1,8 +1,9 @@
-"""Callbacks: EMA weights with warm-up, jsonl prediction writer, generation metrics, diagnostics."""
+"""Callbacks: EMA weights with warm-up, jsonl prediction writer, generation metrics, diagnostics, non-finite guard."""
 
 from smoothie_pl.callbacks.diagnostics import Diagnostics
 from smoothie_pl.callbacks.ema import SmoothieEMA
 from smoothie_pl.callbacks.generation_metrics import GenerationMetrics
+from smoothie_pl.callbacks.nonfinite_guard import NonFiniteGuard
 from smoothie_pl.callbacks.prediction_writer import JsonlPredictionWriter
 
-__all__ = ["Diagnostics", "GenerationMetrics", "JsonlPredictionWriter", "SmoothieEMA"]
+__all__ = ["Diagnostics", "GenerationMetrics", "JsonlPredictionWriter", "NonFiniteGuard", "SmoothieEMA"]

@@ -15,6 +15,7 @@ from typing import Any
 
 from lightning.pytorch.callbacks import BasePredictionWriter
 
+from smoothie_pl.errors import OutputExistsError, OutputMismatchError
 from smoothie_pl.io import write_jsonl_atomically
 
 IF_EXISTS = ("error", "overwrite", "resume")
@@ -32,9 +33,9 @@ def read_records(path: Path) -> list[dict]:
         except json.JSONDecodeError as err:
             if number == len(lines):  # no newline after it: the write was interrupted
                 break
-            raise ValueError(f"{path}:{number}: not a prediction record ({err.msg})") from None
+            raise OutputMismatchError(f"{path}:{number}: not a prediction record ({err.msg})") from None
         if not isinstance(record, dict) or not isinstance(record.get("index"), int):
-            raise ValueError(f"{path}:{number}: a prediction record needs an integer 'index'")
+            raise OutputMismatchError(f"{path}:{number}: a prediction record needs an integer 'index'")
         records.append(record)
     return records
 
@@ -72,7 +73,7 @@ class JsonlPredictionWriter(BasePredictionWriter):
         path = self.resolve_output(trainer)
         found = [file for file in (path, *self.part_files(path)) if file.exists()]
         if found and self.if_exists == "error":
-            raise FileExistsError(
+            raise OutputExistsError(
                 f"{found[0]} already exists{' (an interrupted predict left part files)' if found[0] != path else ''}; "
                 "set prediction_writer.if_exists to 'resume' to complete it or 'overwrite' to replace it"
             )
@@ -98,7 +99,7 @@ class JsonlPredictionWriter(BasePredictionWriter):
         for record in records:
             index = record["index"]
             if not 0 <= index < len(pairs) or pairs[index].source != record.get("source"):
-                raise ValueError(
+                raise OutputMismatchError(
                     f"cannot resume: the prediction for index {index} was made for another source than the "
                     f"{datamodule.predict_split} split's; set prediction_writer.if_exists to 'overwrite'"
                 )

@@ -17,11 +17,13 @@ from dataclasses import dataclass
 
 import lightning as L
 import torch
+from lightning.pytorch.utilities import rank_zero_warn
 from torch.utils.data import DataLoader, Dataset
 
 from smoothie_pl.data.batching import split_global_batch
 from smoothie_pl.data.samplers import BatchShardSampler, ResumableShuffleSampler
 from smoothie_pl.embeddings import load_tokenizer
+from smoothie_pl.errors import DataError
 
 SPLITS = ("train", "validation", "test")
 
@@ -32,9 +34,25 @@ class Pair:
     target: str
 
 
+def tokenize_truncating(tokenizer, texts: list[str], max_length: int, add_special_tokens: bool) -> tuple[list, int]:
+    """Token ids of ``texts``, each cut to ``max_length`` ids, and how many had to be cut."""
+    if not texts:
+        return [], 0
+    ids = tokenizer(texts, add_special_tokens=add_special_tokens)["input_ids"]
+    overlong = [i for i, row in enumerate(ids) if len(row) > max_length]
+    if overlong:
+        cut = tokenizer(
+            [texts[i] for i in overlong], add_special_tokens=add_special_tokens, truncation=True, max_length=max_length
+        )["input_ids"]
+        for i, row in zip(overlong, cut):
+            ids[i] = row
+    return ids, len(overlong)
+
+
 class TokenizedPairs(Dataset):
     """Pairs with their token ids; item ``i`` remembers its index for prediction writing.
 
+    ``truncated_sources`` and ``truncated_targets`` count the texts cut to the lengths;
     ``source_tokenizer`` (default: ``tokenizer``) tokenises the sources, e.g. German ones.
     """
 
@@ -45,14 +63,8 @@ class TokenizedPairs(Dataset):
         sources = [pair.source for pair in pairs]
         targets = [pair.target for pair in pairs]
         source_tokenizer = source_tokenizer or tokenizer
-        self.source_ids = (
-            source_tokenizer(sources, truncation=True, max_length=source_length)["input_ids"] if pairs else []
-        )
-        self.target_ids = (
-            tokenizer(targets, add_special_tokens=False, truncation=True, max_length=target_length)["input_ids"]
-            if pairs
-            else []
-        )
+        self.source_ids, self.truncated_sources = tokenize_truncating(source_tokenizer, sources, source_length, True)
+        self.target_ids, self.truncated_targets = tokenize_truncating(tokenizer, targets, target_length, False)
 
     def __len__(self) -> int:
         return len(self.pairs)
@@ -162,8 +174,15 @@ class Seq2SeqDataModule(L.LightningDataModule):
         if split not in self.datasets:
             pairs = self.read_split(split)
             if not pairs:
-                raise ValueError(f"the {split} split of {type(self).__name__} is empty")
-            self.datasets[split] = self.tokenize(split, pairs)
+                raise DataError(f"the {split} split of {type(self).__name__} is empty")
+            dataset = self.tokenize(split, pairs)
+            if dataset.truncated_sources or dataset.truncated_targets:
+                rank_zero_warn(
+                    f"{split} split: truncated {dataset.truncated_sources} of {len(pairs)} sources to "
+                    f"source_length={self.source_length} tokens and {dataset.truncated_targets} targets to "
+                    f"target_length={self.target_length}"
+                )
+            self.datasets[split] = dataset
         return self.datasets[split]
 
     def tokenize(self, split: str, pairs: list[Pair]) -> TokenizedPairs:

@@ -1,0 +1,123 @@
+"""Start-up checks of a run's configuration, before any data is read or any model is built.
+
+One table says, for every numeric or named option whose wrong values the
+types cannot catch, what it allows; ``config_errors`` lists every violation
+with its key, its value and the allowed range. Options that are absent (another
+data module) or ``None`` are not checked.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from smoothie_pl.diffusion.samplers import SAMPLERS
+from smoothie_pl.metrics import METRIC_SETS
+from smoothie_pl.module import DTYPES
+
+
+@dataclass(frozen=True)
+class Allowed:
+    """What an option allows: ``holds(value, lookup)`` with ``lookup(key)`` giving another option's value."""
+
+    description: str
+    holds: Callable[[Any, Callable[[str], Any]], bool]
+
+
+def at_least(low: float) -> Allowed:
+    return Allowed(f">= {low}", lambda value, _: value >= low)
+
+
+def above(low: float) -> Allowed:
+    return Allowed(f"> {low}", lambda value, _: value > low)
+
+
+def fraction() -> Allowed:
+    return Allowed("in [0, 1)", lambda value, _: 0 <= value < 1)
+
+
+def one_of(choices: Iterable[str]) -> Allowed:
+    choices = sorted(choices)
+    return Allowed(f"one of {choices}", lambda value, _: value in choices)
+
+
+def above_key(key: str) -> Allowed:
+    return Allowed(f"> {key}", lambda value, lookup: value > lookup(key))
+
+
+def each(allowed: Allowed) -> Allowed:
+    return Allowed(f"each {allowed.description}", lambda values, lookup: all(allowed.holds(v, lookup) for v in values))
+
+
+RULES: dict[str, Allowed] = {
+    "model.target_length": at_least(1),
+    "model.source_length": at_least(1),
+    "model.sampler": one_of(SAMPLERS),
+    "model.sampling_steps": at_least(1),
+    "model.sampling_noise_scale": at_least(0),
+    "model.lr": above(0),
+    "model.betas": each(fraction()),
+    "model.eps": above(0),
+    "model.weight_decay": at_least(0),
+    "model.warmup_steps": at_least(0),
+    "model.warmup_start_lr": at_least(0),
+    "model.vocab_chunk_size": at_least(1),
+    "model.vocab_dtype": one_of(DTYPES),
+    "model.metric_set": one_of(METRIC_SETS),
+    "model.mbr_candidates": at_least(1),
+    "model.mbr_utility": one_of(("bleu", "rougeL")),
+    "model.schedule.sigma_min": above(0),
+    "model.schedule.sigma_max": above_key("model.schedule.sigma_min"),
+    "model.schedule.k": above(0),
+    "model.schedule.delta": above(0),
+    "model.denoiser.width": at_least(1),
+    "model.denoiser.depth": Allowed("an even number >= 2", lambda value, _: value >= 2 and value % 2 == 0),
+    "model.denoiser.heads": Allowed(
+        "a divisor of model.denoiser.width",
+        lambda value, lookup: value >= 1 and lookup("model.denoiser.width") % value == 0,
+    ),
+    "model.denoiser.mlp_ratio": above(0),
+    "model.denoiser.dropout": fraction(),
+    "model.denoiser.encoder_depth": at_least(0),
+    "model.denoiser.source_encoder": one_of(("scratch", "pretrained", "none")),
+    "data.init_args.batch_size": at_least(1),
+    "data.init_args.eval_batch_size": at_least(1),
+    "data.init_args.num_workers": at_least(0),
+    "data.init_args.predict_split": one_of(("train", "validation", "test")),
+    "data.init_args.validation_size": at_least(1),
+    "data.init_args.test_size": at_least(1),
+    "trainer.max_steps": at_least(-1),
+    "trainer.max_epochs": at_least(-1),
+    "trainer.accumulate_grad_batches": at_least(1),
+    "trainer.gradient_clip_val": at_least(0),
+    "trainer.check_val_every_n_epoch": at_least(1),
+    "trainer.log_every_n_steps": at_least(1),
+    "ema.decay": Allowed("in (0, 1)", lambda value, _: 0 < value < 1),
+    "ema.update_every_n_steps": at_least(1),
+}
+
+MISSING = object()
+
+
+def config_errors(config) -> list[str]:
+    """``"key = value: allowed ..."`` for every option of ``config`` (a jsonargparse Namespace) that breaks a rule."""
+
+    def lookup(key: str) -> Any:
+        try:
+            return config[key]
+        except (KeyError, TypeError):
+            return MISSING
+
+    errors = []
+    for key, allowed in RULES.items():
+        value = lookup(key)
+        if value is MISSING or value is None:
+            continue
+        try:
+            holds = allowed.holds(value, lookup)
+        except TypeError:  # a value of another type (e.g. a string) or a missing other key: not this rule's business
+            continue
+        if not holds:
+            errors.append(f"{key} = {value!r}: allowed {allowed.description}")
+    return errors

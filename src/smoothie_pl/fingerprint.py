@@ -1,0 +1,148 @@
+"""What a checkpoint depends on besides its weights, and the check that a loading run depends on the same.
+
+A checkpoint's weights only make sense with the embedding matrix, tokenizer,
+diffusion vocabulary, space, schedule and lengths they were trained with. The
+fingerprint records them (digests for the large parts) so that loading into a
+run that differs fails with both sides named instead of decoding nonsense.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from smoothie_pl.errors import CheckpointError, CheckpointMismatchError
+
+CHECKPOINT_KEY = "smoothie_fingerprint"
+DIGEST_CHARS = 16
+SHOWN_TOKENS = 5
+# ``--ckpt_path`` values Lightning resolves itself.
+CHECKPOINT_ALIASES = ("best", "last", "hpc", "registry")
+
+
+def tensor_digest(tensor: torch.Tensor) -> str:
+    """Short SHA-256 of a tensor's values (dtype and shape included)."""
+    tensor = tensor.detach().cpu().contiguous()
+    header = f"{tensor.dtype}{tuple(tensor.shape)}".encode()
+    return hashlib.sha256(header + tensor.view(torch.uint8).numpy().tobytes()).hexdigest()[:DIGEST_CHARS]
+
+
+def tokenizer_digest(tokenizer) -> str:
+    """Short SHA-256 of the tokenizer's token -> id table."""
+    table = json.dumps(sorted(tokenizer.get_vocab().items(), key=lambda item: item[1]), ensure_ascii=False)
+    return hashlib.sha256(table.encode()).hexdigest()[:DIGEST_CHARS]
+
+
+def fingerprint(
+    embedding: str,
+    embedding_matrix: torch.Tensor,
+    tokenizer,
+    vocabulary: torch.Tensor,
+    space: str,
+    schedule: dict[str, float],
+    target_length: int,
+    source_length: int,
+) -> dict[str, Any]:
+    """Plain (yaml/json-friendly) description of everything the weights depend on."""
+    return {
+        "embedding": embedding,
+        "embedding_shape": list(embedding_matrix.shape),
+        "embedding_sha256": tensor_digest(embedding_matrix),
+        "tokenizer_size": len(tokenizer),
+        "tokenizer_sha256": tokenizer_digest(tokenizer),
+        "vocabulary_size": int(vocabulary.numel()),
+        "vocabulary_sha256": tensor_digest(vocabulary.long()),
+        "space": space,
+        "schedule": dict(schedule),
+        "target_length": target_length,
+        "source_length": source_length,
+    }
+
+
+# Groups of fingerprint entries compared together, by what a mismatch means.
+# The diffusion vocabulary is compared by the module: a run that did not ask
+# for a vocabulary takes the checkpoint's.
+COMPARED = {
+    "tokenizer": ("embedding", "tokenizer_size", "tokenizer_sha256"),
+    "embedding matrix": ("embedding", "embedding_shape", "embedding_sha256"),
+    "diffusion space": ("space",),
+    "schedule": ("schedule",),
+    "lengths": ("target_length", "source_length"),
+}
+
+
+def _describe(record: dict[str, Any], keys: tuple[str, ...]) -> str:
+    return ", ".join(f"{key}={record.get(key)!r}" for key in keys)
+
+
+def check_compatible(
+    saved: dict[str, Any],
+    current: dict[str, Any],
+    checkpoint: str,
+    saved_matrix: torch.Tensor | None = None,
+    current_matrix: torch.Tensor | None = None,
+) -> None:
+    """Raise ``CheckpointMismatchError`` naming both sides of every group that differs.
+
+    Digests of the embedding matrix can differ by float rounding of the
+    standardisation on other hardware, so when the matrices themselves are
+    given, they are compared with a tolerance instead.
+    """
+    problems = []
+    for group, keys in COMPARED.items():
+        differs = [key for key in keys if key != "embedding" and saved.get(key) != current.get(key)]
+        if group == "embedding matrix" and differs == ["embedding_sha256"] and saved_matrix is not None:
+            if torch.allclose(saved_matrix.float().cpu(), current_matrix.float().cpu(), rtol=1e-4, atol=1e-5):
+                differs = []
+        if differs:
+            problems.append(
+                f"{group}: the checkpoint has {_describe(saved, keys)}; this run has {_describe(current, keys)}"
+            )
+    if problems:
+        raise CheckpointMismatchError(
+            f"checkpoint {checkpoint} does not fit this run:\n  " + "\n  ".join(problems)
+        )
+
+
+def vocabulary_mismatch(
+    saved: torch.Tensor, current: torch.Tensor, tokenizer, checkpoint: str
+) -> CheckpointMismatchError:
+    """The error for a run whose data gives a diffusion vocabulary other than the checkpoint's."""
+    saved_ids, current_ids = set(saved.tolist()), set(current.tolist())
+
+    def examples(ids: set[int]) -> str:
+        tokens = tokenizer.convert_ids_to_tokens(sorted(ids)[:SHOWN_TOKENS])
+        return ", ".join(repr(token) for token in tokens) + (", ..." if len(ids) > SHOWN_TOKENS else "")
+
+    only_saved, only_current = saved_ids - current_ids, current_ids - saved_ids
+    return CheckpointMismatchError(
+        f"checkpoint {checkpoint} diffuses over {len(saved_ids)} token ids (sha256 {tensor_digest(saved.long())}) "
+        f"but this run's data gives a vocabulary of {len(current_ids)} (sha256 {tensor_digest(current.long())}): "
+        f"{len(only_saved)} only in the checkpoint ({examples(only_saved)}), "
+        f"{len(only_current)} only in the data ({examples(only_current)}). Use the data files the checkpoint was "
+        "trained on, or set data.init_args.restrict_vocabulary false to diffuse over the checkpoint's vocabulary."
+    )
+
+
+def check_checkpoint_file(path: str | None) -> None:
+    """Raise ``CheckpointError`` unless ``path`` is empty, an alias or a readable Lightning checkpoint.
+
+    The file is memory-mapped, so the check reads little more than its index.
+    """
+    if not path or path in CHECKPOINT_ALIASES:
+        return
+    if not Path(path).is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist")
+    if not zipfile.is_zipfile(path):
+        raise CheckpointError(f"checkpoint {path} cannot be read: it is not the zip archive torch.save writes")
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception as err:  # torch raises RuntimeError, UnpicklingError, EOFError, ... for damaged files
+        raise CheckpointError(f"checkpoint {path} cannot be read ({type(err).__name__}: {err})") from None
+    if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
+        raise CheckpointError(f"{path} is not a Lightning checkpoint (it has no 'state_dict')")

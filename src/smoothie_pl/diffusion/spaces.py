@@ -81,6 +81,20 @@ class DiffusionSpace(nn.Module):
         """Vocabulary rows of predicted embeddings, ``[B, L]``."""
         return self.nearest(predicted)
 
+    def noised_input(
+        self, clean: torch.Tensor, t: torch.Tensor, generator: torch.Generator | None = None, noise_scale: float = 1.0
+    ) -> torch.Tensor:
+        """Model input ``[B, L, d]`` at times ``t [B]`` for clean embeddings ``[B, L, d]`` (training)."""
+        raise NotImplementedError
+
+    def prior_input(self, batch: int, length: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Model input ``[B, L, d]`` of a prior sample."""
+        raise NotImplementedError
+
+    def clean_state(self, predicted: torch.Tensor) -> torch.Tensor:
+        """The full clean state of predicted embeddings, ``[B, L, state_width]``."""
+        raise NotImplementedError
+
     def renoise_input(
         self, predicted: torch.Tensor, t: torch.Tensor, generator: torch.Generator | None, noise_scale: float = 1.0
     ) -> torch.Tensor:

@@ -124,7 +124,8 @@ def main(argv: list[str] | None = None) -> dict[str, dict]:
     for space in args.spaces:
         model, datamodule, seconds, loss = train(space, args)
         sources, references = validation_subset(datamodule, args.eval_size)
-        results[space] = {"train_seconds": seconds, "train_loss": loss, "sacrebleu": evaluate(model, sources, references, args)}
+        scores = evaluate(model, sources, references, args)
+        results[space] = {"train_seconds": seconds, "train_loss": loss, "sacrebleu": scores}
         print(f"{space}: {results[space]}", flush=True)
     (args.out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     (args.out / "results.md").write_text(markdown_table(results, args))

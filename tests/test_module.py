@@ -69,10 +69,13 @@ def test_generate_is_reproducible_for_a_seed(word_model):
 
 
 @pytest.mark.slow
-def test_tiny_model_overfits_eight_pairs_and_regenerates_them(word_model, pairs_dir, tmp_path):
+@pytest.mark.parametrize("space", ["smoothie", "gaussian", "simplex"])
+def test_tiny_model_overfits_eight_pairs_and_regenerates_them(word_model, pairs_dir, tmp_path, space):
     L.seed_everything(0)
     data = pairs_data(pairs_dir, word_model, batch_size=8, restrict_vocabulary=True)
-    module = tiny_module(word_model, vocabulary=data.vocabulary(), lr=3e-3, warmup_steps=20, sampling_steps=20)
+    module = tiny_module(
+        word_model, vocabulary=data.vocabulary(), lr=3e-3, warmup_steps=20, sampling_steps=20, space=space
+    )
     trainer = L.Trainer(
         accelerator="cpu",
         max_steps=600,

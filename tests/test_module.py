@@ -69,10 +69,13 @@ def test_generate_is_reproducible_for_a_seed(word_model):
 
 
 @pytest.mark.slow
-def test_tiny_model_overfits_eight_pairs_and_regenerates_them(word_model, pairs_dir, tmp_path):
+@pytest.mark.parametrize("space", ["smoothie", "gaussian", "simplex"])
+def test_tiny_model_overfits_eight_pairs_and_regenerates_them(word_model, pairs_dir, tmp_path, space):
     L.seed_everything(0)
     data = pairs_data(pairs_dir, word_model, batch_size=8, restrict_vocabulary=True)
-    module = tiny_module(word_model, vocabulary=data.vocabulary(), lr=3e-3, warmup_steps=20, sampling_steps=20)
+    module = tiny_module(
+        word_model, vocabulary=data.vocabulary(), lr=3e-3, warmup_steps=20, sampling_steps=20, space=space
+    )
     trainer = L.Trainer(
         accelerator="cpu",
         max_steps=600,
@@ -149,3 +152,44 @@ def test_recase_option_applies_to_every_candidate(word_model, monkeypatch):
     monkeypatch.setattr(module, "decode", lambda embeddings: ["and moses went up"] * embeddings.shape[0])
     outputs = module.generate(["Then Moses spake", "thou art Moses"], steps=2)
     assert outputs == ["And Moses went up", "And Moses went up"]
+
+
+@pytest.mark.parametrize("space, schedule_name", [("smoothie", "arctan"), ("gaussian", "sd"), ("simplex", "tess")])
+def test_every_space_trains_and_samples_with_its_own_schedule(word_model, pairs_dir, space, schedule_name):
+    from smoothie_pl.diffusion import SPACES
+
+    module = tiny_module(word_model, space=space, sampling_steps=2)
+    assert isinstance(module.space, SPACES[space]) and module.hparams.schedule["name"] == schedule_name
+    data = pairs_data(pairs_dir, word_model, batch_size=8)
+    data.setup("fit")
+    loss = module.diffusion_loss(next(iter(data.train_dataloader())), torch.Generator().manual_seed(0))
+    assert torch.isfinite(loss)
+    assert len(module.generate([PAIRS[0][0]], seed=0)) == 1
+
+
+def test_schedule_by_name_and_old_checkpoint_hyperparameters(word_model):
+    from smoothie_pl.diffusion import ArctanSchedule, SdSchedule
+
+    assert tiny_module(word_model, schedule={"name": "sd", "k": 3.0}).space.schedule == SdSchedule(k=3.0)
+    # Checkpoints from before the choice saved the arctan fields without a name and no space.
+    old = tiny_module(word_model, schedule={"sigma_min": 1.5, "sigma_max": 50.0, "k": 9.0, "delta": 1.0})
+    assert old.space.schedule == ArctanSchedule(sigma_max=50.0) and old.hparams.schedule["name"] == "arctan"
+
+
+def test_simplex_token_head_adds_cross_entropy_and_is_refused_elsewhere(word_model, pairs_dir):
+    module = tiny_module(word_model, space="simplex", token_head="linear")
+    assert any(name.startswith("space.head") for name, _ in module.named_parameters())
+    data = pairs_data(pairs_dir, word_model, batch_size=8)
+    data.setup("fit")
+    module.diffusion_loss(next(iter(data.train_dataloader())), torch.Generator().manual_seed(0)).backward()
+    assert module.space.head.weight.grad is not None
+    with pytest.raises(ValueError, match="token_head"):
+        tiny_module(word_model, space="gaussian", token_head="tied")
+    with pytest.raises(ValueError, match="space must be one of"):
+        tiny_module(word_model, space="discrete")
+
+
+@pytest.mark.parametrize("sampler", ["ddim", "ddpm", "sde"])
+def test_full_state_samplers_generate(word_model, sampler):
+    module = tiny_module(word_model, sampler=sampler, sampling_steps=3)
+    assert len(module.generate([PAIRS[0][0], PAIRS[1][0]], seed=0)) == 2

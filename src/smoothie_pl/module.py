@@ -9,7 +9,7 @@ import lightning as L
 import torch
 from torchmetrics import MeanMetric
 
-from smoothie_pl.diffusion import ArctanSchedule, SmoothieSpace, build_sampler
+from smoothie_pl.diffusion import SPACES, Schedule, build_sampler, build_schedule
 from smoothie_pl.diffusion.embedding_losses import decoding_cross_entropy, prior_matching_loss
 from smoothie_pl.embeddings import PACKAGED_MODEL, load_embedding_matrix, load_tokenizer, resolve_embedding_source
 from smoothie_pl.errors import CheckpointMismatchError
@@ -87,9 +87,18 @@ class SmoothieModule(L.LightningModule):
             with ``None`` takes a loaded checkpoint's, one built with other ids
             refuses it.
         denoiser: size and conditioning of the U-shaped transformer.
-        schedule: the arctan noise schedule.
+        space: the diffusion space (METHOD section 5): ``"smoothie"`` (the paper's),
+            ``"gaussian"`` (Gaussian noise on embeddings) or ``"simplex"`` (TESS).
+        schedule: the noise schedule by name with its parameters, e.g.
+            ``{name: sd, k: 9}`` (``smoothie_pl.diffusion.SCHEDULES``: arctan, sd,
+            tess, cosine, sqrt) or a ``class_path``; ``None`` or a dict without
+            ``name`` is the space's own (arctan, sd, tess).
+        token_head: simplex only: ``"linear"`` or ``"tied"`` token logits on the
+            predicted embedding, trained with cross-entropy and used to decode.
         target_length, source_length: ``L`` and the longest source ``Lc``.
-        sampling_steps: steps of the re-noise sampler for test/predict/generate.
+        sampler: ``"renoise"`` (the paper's), ``"ddim"``, ``"ddpm"`` or ``"sde"``; the
+            last three hold the full ``[B, L, V]`` state (ablations).
+        sampling_steps: steps of the sampler for test/predict/generate.
         sampling_noise_scale: multiplies the std of the noise the sampler injects
             (1 is the paper's sampler; lower is less diverse and, for
             undertrained models, less littered with frequent words).
@@ -120,7 +129,9 @@ class SmoothieModule(L.LightningModule):
         clamp: bool = False,
         vocabulary: list[int] | None = None,
         denoiser: DenoiserConfig | dict = DenoiserConfig(),
-        schedule: ArctanSchedule | dict = ArctanSchedule(),
+        space: str = "smoothie",
+        schedule: Schedule | dict | None = None,
+        token_head: str | None = None,
         target_length: int = 64,
         source_length: int = 64,
         sampler: str = "renoise",
@@ -143,7 +154,15 @@ class SmoothieModule(L.LightningModule):
         seed: int = 0,
     ) -> None:
         super().__init__()
-        denoiser, schedule = _as(DenoiserConfig, denoiser), _as(ArctanSchedule, schedule)
+        denoiser = _as(DenoiserConfig, denoiser)
+        if space not in SPACES:
+            raise ValueError(f"space must be one of {sorted(SPACES)}, got {space!r}")
+        if token_head is not None and space != "simplex":
+            raise ValueError(f"token_head is an option of the simplex space, got space={space!r}")
+        if train_embeddings and space != "smoothie":
+            # Its extra losses are written in Smoothie's distances (METHOD section 4).
+            raise ValueError(f"train_embeddings needs space='smoothie', got space={space!r}")
+        schedule = build_schedule(schedule, SPACES[space].default_schedule.name)
         if target_length <= 0 or source_length <= 0:
             raise ValueError(f"target_length and source_length must be positive, got {target_length}, {source_length}")
         if mbr_candidates < 1:
@@ -152,7 +171,7 @@ class SmoothieModule(L.LightningModule):
             raise ValueError(f"vocab_dtype must be one of {sorted(DTYPES)}, got {vocab_dtype!r}")
         _check_guidance(cfg_dropout, guidance_weight, denoiser)
         self.save_hyperparameters(ignore=["vocabulary", "denoiser", "schedule"])
-        self.save_hyperparameters({"denoiser": asdict(denoiser), "schedule": asdict(schedule)})
+        self.save_hyperparameters({"denoiser": asdict(denoiser), "schedule": schedule.to_dict()})
         self.sampler = build_sampler(sampler, steps=sampling_steps, noise_scale=sampling_noise_scale)
 
         embedding_matrix = load_embedding_matrix(embedding, per_feature_standardisation)
@@ -194,11 +213,14 @@ class SmoothieModule(L.LightningModule):
                 f"{self.hparams.embedding or 'the packaged MiniLM'} has {self.embedding_matrix.shape[0]} rows"
             )
         self.register_buffer("vocabulary", vocabulary.to(self.embedding_matrix.device))
-        self.space = SmoothieSpace(
+        hp = self.hparams
+        head = {"token_head": hp.token_head} if hp.get("token_head") else {}
+        self.space = SPACES[hp.get("space", "smoothie")](
             self.embedding_matrix.detach()[vocabulary],
-            ArctanSchedule(**self.hparams.schedule),
-            chunk_size=self.hparams.vocab_chunk_size,
-            compute_dtype=DTYPES[self.hparams.vocab_dtype],
+            build_schedule(hp.schedule, "arctan"),
+            chunk_size=hp.vocab_chunk_size,
+            compute_dtype=DTYPES[hp.vocab_dtype],
+            **head,
         )
 
     @property
@@ -241,7 +263,8 @@ class SmoothieModule(L.LightningModule):
         loss = _average((predicted.float() - clean).pow(2).mean(-1), counted)
         if self.hparams.train_embeddings:
             loss = loss + self.embedding_losses(clean, batch["target_ids"], counted, generator)
-        return loss
+        token_loss = self.space.token_loss(predicted.float(), clean)
+        return loss if token_loss is None else loss + token_loss
 
     def _counted_positions(self, target_ids: torch.Tensor) -> torch.Tensor | None:
         """Target positions the loss averages over: all (``None``), or the real tokens with ``masked_loss``."""

@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from lightning.pytorch.callbacks import Callback
 
 from smoothie_pl.callbacks.trigger import ValidationTrigger
+from smoothie_pl.diffusion.spaces import SmoothieSpace
 from smoothie_pl.diffusion.vocab_attention import DEFAULT_CHUNK_SIZE, noisy_logit_chunks
 
 DEFAULT_TIMES = (0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
@@ -135,7 +136,7 @@ class Diagnostics(Callback):
             self._save_plot(trainer, directory, curves)
 
     def measure(self, pl_module: L.LightningModule, batch: dict, t: float) -> torch.Tensor:
-        """``[mse, accuracy, p_true]`` of the batch at time ``t``."""
+        """``[mse, accuracy, p_true]`` of the batch at time ``t`` (``p_true`` is NaN outside the Smoothie space)."""
         space, device = pl_module.space, pl_module.device
         target_ids = batch["target_ids"][: self.max_examples]
         source_ids, source_mask = batch["source_ids"][: self.max_examples], batch["source_mask"][: self.max_examples]
@@ -152,6 +153,8 @@ class Diagnostics(Callback):
         decoded = pl_module.vocabulary[space.decode(predicted)]
         accuracy = (decoded == target_ids)[real].float().mean()
 
+        if not isinstance(space, SmoothieSpace):  # p_true below is written in Smoothie's distances
+            return torch.stack([mse, accuracy, torch.tensor(float("nan"), device=device)]).float()
         rows = torch.searchsorted(pl_module.vocabulary, target_ids).clamp(max=space.vocab_size - 1)
         scored = real & (pl_module.vocabulary[rows] == target_ids)
         mu, std = space.schedule.marginal(times)

@@ -1,0 +1,42 @@
+"""The space ablation script end to end at a tiny budget: three spaces trained, evaluated, tabled, plotted."""
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = ROOT / "experiments" / "ablation_spaces" / "run.py"
+
+
+def load_script():
+    spec = importlib.util.spec_from_file_location("ablation_spaces_run", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.slow
+def test_ablation_runs_end_to_end_at_a_tiny_budget(tmp_path):
+    run = load_script()
+    out = tmp_path / "out"
+    results = run.main(
+        [
+            "--config", str(ROOT / "tests" / "configs" / "tiny.yaml"),
+            "--config", str(ROOT / "experiments" / "ablation_spaces" / "budget.yaml"),
+            "--steps", "2",
+            "--eval-size", "3",
+            "--sampling-steps", "1", "2",
+            "--noise-scales", "1.0",
+            "--out", str(out),
+            f"--data.init_args.data_dir={tmp_path / 'bible'}",
+            "--model.warmup_steps=1",
+            "--trainer.enable_progress_bar=false",
+        ]
+    )
+    assert list(results) == ["smoothie", "gaussian", "simplex"]
+    assert all(set(result["sacrebleu"]) == {"1/1", "1/2"} for result in results.values())
+    table = (out / "results.md").read_text().splitlines()
+    assert table[2] == "| space | noise scale | 1 steps | 2 steps | train loss | train min |"
+    assert [line.split(" | ")[0] for line in table[4:]] == ["| smoothie", "| gaussian", "| simplex"]
+    assert (out / "sacrebleu_vs_steps.png").stat().st_size > 0 and (out / "results.json").is_file()

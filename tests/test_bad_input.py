@@ -114,7 +114,7 @@ def test_checkpoint_records_what_the_weights_depend_on(word_model):
     assert recorded["tokenizer_size"] == len(tokenizer)
     assert recorded["vocabulary_size"] == 4
     assert recorded["space"] == "SmoothieSpace"
-    assert recorded["schedule"] == {"sigma_min": 1.5, "sigma_max": 200.0, "k": 9.0, "delta": 1.0}
+    assert recorded["schedule"] == {"name": "arctan", "sigma_min": 1.5, "sigma_max": 200.0, "k": 9.0, "delta": 1.0}
     assert (recorded["target_length"], recorded["source_length"]) == (8, 10)
     # Digests: equal for an equal matrix, different for a matrix one value apart.
     matrix = module.embedding_matrix.clone()

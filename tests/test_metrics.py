@@ -425,7 +425,9 @@ def test_text_metrics_sets(minilm_path):
     ]
     with pytest.raises(ValueError, match="Unknown metric set"):
         TextMetrics("poetry")
-    assert set(METRIC_SETS) == {"paraphrase", "summarization", "simplification", "translation", "unconditional", "demo"}
+    assert set(METRIC_SETS) == {
+        "paraphrase", "summarization", "simplification", "translation", "unconditional", "detoxification", "demo"
+    }
 
 
 def test_text_metrics_compute():

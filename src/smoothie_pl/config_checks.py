@@ -9,9 +9,10 @@ data module) or ``None`` are not checked.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any
 
+from smoothie_pl.diffusion import SCHEDULES, SPACES
 from smoothie_pl.diffusion.samplers import SAMPLERS
 from smoothie_pl.metrics import METRIC_SETS
 from smoothie_pl.module import DTYPES
@@ -100,14 +101,37 @@ RULES: dict[str, Allowed] = {
 MISSING = object()
 
 
+def schedule_defaults(config) -> dict[str, Any]:
+    """Parameters of the configured schedule (by its ``name``, else the space's default) left at their defaults."""
+    try:
+        schedule, space = config["model.schedule"] or {}, config["model.space"] or "smoothie"
+    except (KeyError, TypeError):
+        return {}
+    cls = SCHEDULES.get(schedule.get("name")) if isinstance(schedule, dict) and "name" in schedule else None
+    cls = cls or getattr(SPACES.get(space), "default_schedule", None)
+    return {field.name: field.default for field in fields(cls)} if cls else {}
+
+
 def config_errors(config) -> list[str]:
     """``"key = value: allowed ..."`` for every option of ``config`` (a jsonargparse Namespace) that breaks a rule."""
 
     def lookup(key: str) -> Any:
-        try:
-            return config[key]
-        except (KeyError, TypeError):
-            return MISSING
+        """The value at a dotted key, also inside dict-typed options (e.g. ``model.schedule``),
+        whose command-line entries arrive as strings."""
+        value = config
+        for part in key.split("."):
+            if isinstance(value, dict) and part not in value and key.startswith("model.schedule."):
+                value = {**schedule_defaults(config), **value}
+            try:
+                value = value[part]
+            except (KeyError, TypeError):
+                return MISSING
+        if isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                return value
+        return value
 
     errors = []
     for key, allowed in RULES.items():

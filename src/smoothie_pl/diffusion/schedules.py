@@ -179,6 +179,14 @@ SCHEDULES: dict[str, type[Schedule]] = {
 }
 
 
+def _as_float(key: str, value) -> float:
+    """Every schedule parameter is a number; the command line hands dict entries over as strings."""
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"schedule.{key}: expected a number, got {value!r}") from None
+
+
 def build_schedule(spec: Schedule | dict | None, default: str) -> Schedule:
     """A schedule from an object, or from ``{name: ..., **parameters}``; without ``name``, ``default``.
 
@@ -191,6 +199,7 @@ def build_schedule(spec: Schedule | dict | None, default: str) -> Schedule:
     name = params.pop("name", default)
     if name not in SCHEDULES:
         raise ValueError(f"schedule.name: unknown schedule {name!r}; choose one of {sorted(SCHEDULES)}")
+    params = {key: _as_float(key, value) for key, value in params.items()}
     try:
         return SCHEDULES[name](**params)
     except TypeError as error:

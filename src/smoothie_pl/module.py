@@ -54,6 +54,10 @@ class SmoothieModule(L.LightningModule):
         vocab_chunk_size, vocab_dtype: chunk of vocabulary rows per streaming
             step and the dtype of its matmuls (``"bfloat16"`` is 3-5x faster on
             CPUs with AMX/AVX512-BF16 and on GPUs).
+        vocab_attention: ``"streaming"`` (never holds ``[B, L, V]``) or
+            ``"literal"``, the reference code's materialised formula (a baseline).
+        compile_denoiser: ``torch.compile`` the denoiser (off: compiling takes
+            minutes on a small CPU; weights and checkpoints are unchanged).
         metric_set: metrics reported by ``test`` (``smoothie_pl.metrics.METRIC_SETS``:
             demo, paraphrase, summarization, simplification, translation,
             unconditional), tracked metric first; ``metric_options`` passes e.g.
@@ -84,8 +88,10 @@ class SmoothieModule(L.LightningModule):
         weight_decay: float = 0.01,
         warmup_steps: int = 5000,
         warmup_start_lr: float = 1e-8,
-        vocab_chunk_size: int = 4096,
+        vocab_chunk_size: int = 1024,
         vocab_dtype: str = "float32",
+        vocab_attention: str = "streaming",
+        compile_denoiser: bool = False,
         metric_set: str = "demo",
         metric_options: dict | None = None,
         mbr_candidates: int = 1,
@@ -113,6 +119,8 @@ class SmoothieModule(L.LightningModule):
 
         dim = embedding_matrix.shape[1]
         self.denoiser = UShapedDenoiser(dim, denoiser, target_length, source_length)
+        if compile_denoiser:
+            self.denoiser.compile()
         if denoiser.source_encoder == "scratch":
             self.source_encoder = SourceEncoder(dim, denoiser.width, denoiser, source_length)
         elif denoiser.source_encoder == "pretrained":
@@ -139,6 +147,7 @@ class SmoothieModule(L.LightningModule):
             ArctanSchedule(**self.hparams.schedule),
             chunk_size=self.hparams.vocab_chunk_size,
             compute_dtype=DTYPES[self.hparams.vocab_dtype],
+            vocab_attention=self.hparams.vocab_attention,
         )
 
     @property

@@ -14,9 +14,9 @@ from torch import nn
 from smoothie_pl.diffusion.schedules import ArctanSchedule
 from smoothie_pl.diffusion.vocab_attention import (
     DEFAULT_CHUNK_SIZE,
+    VOCAB_ATTENTIONS,
     half_squared_norms,
     nearest_rows,
-    noisy_vocab_attention,
 )
 
 
@@ -25,7 +25,8 @@ class SmoothieSpace(nn.Module):
 
     The state ``D_t = mu(t) D0 + std(t) eps`` is ``[L, V]`` per sequence but is
     never held: the model input ``softmax(D_t) E`` is streamed over vocabulary
-    chunks, and so is decoding.
+    chunks, and so is decoding. ``vocab_attention="literal"`` swaps in the
+    reference code's materialised formulation (a baseline for benchmarks).
     """
 
     def __init__(
@@ -34,8 +35,12 @@ class SmoothieSpace(nn.Module):
         schedule: ArctanSchedule | None = None,
         chunk_size: int = DEFAULT_CHUNK_SIZE,
         compute_dtype: torch.dtype | None = None,
+        vocab_attention: str = "streaming",
     ) -> None:
         super().__init__()
+        if vocab_attention not in VOCAB_ATTENTIONS:
+            raise ValueError(f"vocab_attention must be one of {sorted(VOCAB_ATTENTIONS)}, got {vocab_attention!r}")
+        self.attention = VOCAB_ATTENTIONS[vocab_attention]
         self.schedule = schedule or ArctanSchedule()
         self.sigma0 = self.schedule.sigma_min
         if chunk_size <= 0:
@@ -55,7 +60,7 @@ class SmoothieSpace(nn.Module):
         self, query: torch.Tensor, mu: torch.Tensor, std: torch.Tensor, generator: torch.Generator | None
     ) -> torch.Tensor:
         batch, length, dim = query.shape
-        out = noisy_vocab_attention(
+        out = self.attention(
             query.reshape(-1, dim),
             self.compute_embeddings,
             mu.repeat_interleave(length),

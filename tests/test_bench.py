@@ -38,7 +38,7 @@ def test_vocab_op_bench_sees_the_literal_formulas_vocabulary_tensor(tmp_path):
         if record["impl"] == "literal":
             assert record["extra_bytes"] >= one_tensor  # the measurement sees a materialised [N, V] fp32 tensor
         else:
-            assert record["extra_bytes"] < one_tensor
+            assert record["extra_bytes"] < one_tensor / 2
 
 
 @pytest.mark.slow

@@ -125,16 +125,17 @@ def interleaved(script: str, cases: list[dict], variants: list[dict], rounds: in
 
     Returns one record per (case, variant) with the median of its ``seconds``
     and the largest ``extra_bytes`` over rounds. A case whose first round took
-    longer than ``slow_seconds`` gets no more rounds (large cases on small machines).
+    measurements took longer than ``slow_seconds`` in all gets no more rounds
+    (large cases on small machines).
     """
     records = []
     for case in cases:
         runs: list[list[dict]] = [[] for _ in variants]
         for round_index in range(rounds):
-            started = time.perf_counter()
             for runs_of_variant, variant in zip(runs, variants):
                 runs_of_variant.append(run_worker(script, {**case, **variant}))
-            if round_index == 0 and time.perf_counter() - started > slow_seconds:
+            measured = sum(variant_runs[-1].get("seconds", 0.0) for variant_runs in runs)
+            if round_index == 0 and measured > slow_seconds:
                 break
         for runs_of_variant, variant in zip(runs, variants):
             records.append(summarise({**case, **variant}, runs_of_variant))

@@ -111,8 +111,12 @@ def machine() -> dict:
 
 def run_worker(script: str, case: dict) -> dict:
     """Measure ``case`` in a fresh Python process running ``script``; its last stdout line is the JSON result."""
+    # Tensors of 1 MiB and more get their own mmap, returned to the system when freed, so the RSS
+    # follows live memory: otherwise glibc keeps freed heap pages, and a case's peak would depend
+    # on what an earlier step happened to leave behind.
+    env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": str(2**20)}
     result = subprocess.run(
-        [sys.executable, script, "--worker", json.dumps(case)], capture_output=True, text=True
+        [sys.executable, script, "--worker", json.dumps(case)], capture_output=True, text=True, env=env
     )
     if result.returncode != 0:
         tail = result.stderr.strip().splitlines()[-3:]
@@ -124,7 +128,7 @@ def interleaved(script: str, cases: list[dict], variants: list[dict], rounds: in
     """Every case under every variant, variants alternating within each round.
 
     Returns one record per (case, variant) with the median of its ``seconds``
-    and the largest ``extra_bytes`` over rounds. A case whose first round took
+    and the largest ``extra_bytes`` over rounds. A case whose first round of
     measurements took longer than ``slow_seconds`` in all gets no more rounds
     (large cases on small machines).
     """

@@ -54,8 +54,9 @@ class SmoothieModule(L.LightningModule):
         vocab_chunk_size, vocab_dtype: chunk of vocabulary rows per streaming
             step and the dtype of its matmuls (``"bfloat16"`` is 3-5x faster on
             CPUs with AMX/AVX512-BF16 and on GPUs).
-        vocab_attention: ``"streaming"`` (never holds ``[B, L, V]``) or
-            ``"literal"``, the reference code's materialised formula (a baseline).
+        vocab_attention: ``"streaming"`` (never holds ``[B, L, V]``), ``"literal"``,
+            the reference code's materialised formula (a baseline), or ``"fused"``,
+            one Triton kernel with in-kernel Philox noise (CUDA, needs triton).
         compile_denoiser: ``torch.compile`` the denoiser (off: compiling takes
             minutes on a small CPU; weights and checkpoints are unchanged).
         metric_set: metrics reported by ``test`` (``smoothie_pl.metrics.METRIC_SETS``:

@@ -14,6 +14,8 @@ from collections.abc import Iterator
 
 import torch
 
+from smoothie_pl.diffusion.fused_vocab_attention import fused_vocab_attention
+
 DEFAULT_CHUNK_SIZE = 1024
 """Vocabulary rows per step: ``[N, 1024]`` fp32 buffers stay cache-friendly; 1024 was fastest
 at 2,048 and 8,192 positions on a 2-core CPU (1.5x faster than 4096, experiments/bench)."""
@@ -191,8 +193,13 @@ def literal_vocab_attention(
         return (probs.to(compute_dtype) @ rows).float()
 
 
-VOCAB_ATTENTIONS = {"streaming": noisy_vocab_attention, "literal": literal_vocab_attention}
-"""The vocabulary operation by name: the library's streaming one and the literal baseline."""
+VOCAB_ATTENTIONS = {
+    "streaming": noisy_vocab_attention,
+    "literal": literal_vocab_attention,
+    "fused": fused_vocab_attention,
+}
+"""The vocabulary operation by name: the library's streaming one, the literal baseline, and
+the fused Triton kernel (CUDA; opt-in until it has been checked on a GPU)."""
 
 
 @torch.no_grad()

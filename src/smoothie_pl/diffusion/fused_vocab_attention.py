@@ -10,7 +10,7 @@ with Philox (``tl.randn(seed, row * V + column)``), so nothing of size
 The noise differs from the PyTorch generator's stream: the ``generator``
 only supplies the Philox seed. :func:`philox_noise` materialises the very same
 noise for tests. Triton is optional: importing this module works without it,
-and :func:`fused_available` says whether the kernel can run.
+and calling the kernel without it raises a clear error.
 """
 
 from __future__ import annotations
@@ -24,15 +24,6 @@ except ImportError:  # CPU-only installs: the streaming PyTorch operation is use
     triton = None
 
 MAX_ELEMENTS = 2**31  # Philox offsets are row * V + column in int32
-
-
-def fused_available(device: torch.device | None = None) -> bool:
-    """Triton importable and a CUDA device (or the CPU interpreter, ``TRITON_INTERPRET=1``)."""
-    import os
-
-    if triton is None:
-        return False
-    return os.environ.get("TRITON_INTERPRET") == "1" or (device is not None and device.type == "cuda")
 
 
 if triton is not None:
@@ -99,17 +90,19 @@ def fused_vocab_attention(
     *,
     sigma0: float,
     generator: torch.Generator | None = None,
-    chunk_size: int = 64,
+    chunk_size: int | None = None,
     compute_dtype: torch.dtype | None = None,
     half_sq_norms: torch.Tensor | None = None,
     seed: int | None = None,
     block_n: int = 32,
+    block_v: int = 64,
 ) -> torch.Tensor:
     """``softmax(mu * D0(query) + std * eps) @ embeddings`` with Philox noise, in one kernel.
 
-    Same arguments as :func:`~smoothie_pl.diffusion.vocab_attention.noisy_vocab_attention`;
-    ``chunk_size`` is the kernel's vocabulary tile (a power of two, at least 16),
-    and ``seed`` (default: drawn from ``generator``) fixes the noise.
+    Same arguments as :func:`~smoothie_pl.diffusion.vocab_attention.noisy_vocab_attention`
+    (``chunk_size`` is accepted for that common signature; the kernel tiles by
+    ``block_n`` query rows and ``block_v`` vocabulary rows, powers of two of at
+    least 16). ``seed`` (default: drawn from ``generator``) fixes the noise.
     """
     from smoothie_pl.diffusion.vocab_attention import half_squared_norms
 
@@ -125,7 +118,7 @@ def fused_vocab_attention(
     block_d = max(16, triton.next_power_of_2(dim))
     _fused_kernel[(triton.cdiv(n, block_n),)](
         q, rows, norms, (mu.float() / sigma0**2).contiguous(), std.float().contiguous(), out, n, vocab, dim, seed,
-        q.stride(0), rows.stride(0), out.stride(0), BLOCK_N=block_n, BLOCK_V=chunk_size, BLOCK_D=block_d,
+        q.stride(0), rows.stride(0), out.stride(0), BLOCK_N=block_n, BLOCK_V=block_v, BLOCK_D=block_d,
     )
     return out
 

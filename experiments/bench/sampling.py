@@ -1,6 +1,6 @@
 """Sampling (the re-noise sampler): tokens/s at 50 and 200 steps, library vs the literal formula.
 
-    python experiments/bench/sampling.py            # demo model, bf16, batch 16 x 64 tokens
+    python experiments/bench/sampling.py            # demo model, bf16, batch 8 x 64 tokens
     python experiments/bench/sampling.py --tiny     # smoke run
 """
 
@@ -35,9 +35,9 @@ def run(args) -> tuple[str, dict]:
     if args.tiny:
         base, step_counts = {"denoiser": TINY, "vocab": 500, "batch": 2, "length": 8}, [2]
     else:
-        base, step_counts = {"denoiser": DEMO, "vocab": 9679, "batch": 16, "length": 64}, [50, 200]
+        base, step_counts = {"denoiser": DEMO, "vocab": 9679, "batch": 8, "length": 64}, [50, 200]
     cases = [{**base, "precision": "bf16", "steps": steps} for steps in step_counts]
-    records = harness.interleaved(__file__, cases, [{"impl": "streaming"}, {"impl": "literal"}], args.rounds)
+    records = harness.interleaved(__file__, cases, [{"impl": "streaming"}, {"impl": "literal"}], args.rounds, slow_seconds=120)
     rows = []
     for streaming, literal in zip(records[::2], records[1::2]):
         rows.append([

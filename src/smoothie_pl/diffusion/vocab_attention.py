@@ -17,8 +17,9 @@ import torch
 from smoothie_pl.diffusion.fused_vocab_attention import fused_vocab_attention
 
 DEFAULT_CHUNK_SIZE = 1024
-"""Vocabulary rows per step: ``[N, 1024]`` fp32 buffers stay cache-friendly; 1024 was fastest
-at 2,048 and 8,192 positions on a 2-core CPU (1.5x faster than 4096, experiments/bench)."""
+"""Vocabulary rows per step. Small ``[N, chunk]`` buffers stay in cache: on this project's
+2-core CPU, chunks of 256 to 1024 rows were fastest at 2,048 and 8,192 positions, and 1024
+was 1.5x faster than 4096 at 2,048 positions."""
 LOG_PROB_FLOOR = -80.0
 """Shifted logits are clamped here before ``exp``: ``e^-80 < 2e-35`` is nothing next to
 the row's largest term (``e^0``), and CPU ``exp`` is ~50x slower on inputs that underflow,
@@ -33,10 +34,6 @@ def half_squared_norms(embeddings: torch.Tensor) -> torch.Tensor:
 def _check_chunk_size(chunk_size: int) -> None:
     if chunk_size <= 0:
         raise ValueError(f"chunk_size must be a positive number of vocabulary rows, got {chunk_size}")
-
-
-def _flat_buffer(numel: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-    return torch.empty(numel, dtype=dtype, device=device)
 
 
 def _chunk_view(buffer: torch.Tensor, rows: int, columns: int) -> torch.Tensor:
@@ -58,13 +55,14 @@ def noisy_logit_chunks(
 ) -> Iterator[tuple[int, torch.Tensor, torch.Tensor]]:
     """``(start, rows, logits)`` for each vocabulary chunk, logits ``mu * D0 + std * eps`` up to a per-row shift.
 
-    The one place the noise is drawn: chunk ``c`` takes ``[N, chunk]`` normals
-    from ``generator`` in order, so every consumer of these chunks (the model
-    input, the literal formula, the diagnostics) sees the same noise for the
-    same seed. ``rows`` is the chunk of ``E`` in ``compute_dtype``; logits are
-    fp32. The logits live in one buffer reused for every chunk (allocating a
-    fresh ``[N, chunk]`` tensor per chunk costs more system time than the
-    arithmetic): consume each chunk before asking for the next.
+    Chunk ``c`` takes ``[N, chunk]`` normals from ``generator`` in order, so
+    every consumer of these chunks (the model input, the diagnostics) sees the
+    same noise for the same seed, and :func:`chunked_noise` materialises the
+    same draws for the literal formula. ``rows`` is the chunk of ``E`` in
+    ``compute_dtype``; logits are fp32. The logits live in one buffer reused
+    for every chunk (a fresh ``[N, chunk]`` tensor per chunk is allocator
+    churn: page faults and system time), so consume each chunk before asking
+    for the next.
     """
     _check_chunk_size(chunk_size)
     compute_dtype = compute_dtype or embeddings.dtype
@@ -75,9 +73,9 @@ def noisy_logit_chunks(
     q = query.to(compute_dtype)
     logit_scale = (mu.float() / sigma0**2).unsqueeze(1)
     noise_scale = std.float().unsqueeze(1)
-    logits_buffer = _flat_buffer(n * width, torch.float32, device)
-    noise_buffer = _flat_buffer(n * width, torch.float32, device)
-    product_buffer = logits_buffer if compute_dtype == torch.float32 else _flat_buffer(n * width, compute_dtype, device)
+    logits_buffer = torch.empty(n * width, device=device)
+    noise_buffer = torch.empty(n * width, device=device)
+    product_buffer = logits_buffer if compute_dtype == torch.float32 else torch.empty(n * width, dtype=compute_dtype, device=device)
     with torch.autocast(device_type=device.type, enabled=False):
         for start in range(0, embeddings.shape[0], chunk_size):
             rows = embeddings[start : start + chunk_size].to(compute_dtype)
@@ -140,7 +138,7 @@ def noisy_vocab_attention(
                 acc.addmm_(probs, rows)
             else:
                 if probs_buffer is None:
-                    probs_buffer = _flat_buffer(logits.numel(), rows.dtype, logits.device)
+                    probs_buffer = torch.empty(logits.numel(), dtype=rows.dtype, device=logits.device)
                 acc.add_(_chunk_view(probs_buffer, *probs.shape).copy_(probs) @ rows)
             running_max = new_max
     return acc.div_(running_sum)

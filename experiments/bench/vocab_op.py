@@ -85,10 +85,10 @@ def table(records: list[dict]) -> str:
             f"{literal_time:.3f}" if literal_time else literal.get("skipped", literal.get("error", "-")),
             harness.ratio(literal_time, stream.get("seconds")),
             harness.gib(stream.get("extra_bytes")), harness.gib(literal.get("extra_bytes")),
-            harness.ratio(stream.get("extra_bytes"), literal.get("extra_bytes")) if literal.get("extra_bytes") else "-",
+            f"1/{literal['extra_bytes'] / stream['extra_bytes']:.0f}" if literal.get("extra_bytes") and stream.get("extra_bytes") else "-",
         ])
     headers = ["V", "positions", "d", "dtype", "streaming s", "literal s", "speed-up",
-               "streaming GiB", "literal GiB", "memory ratio"]
+               "streaming GiB", "literal GiB", "streaming / literal memory"]
     return harness.markdown_table(headers, rows)
 
 

@@ -132,4 +132,4 @@ def test_a_space_swaps_in_the_literal_formulation_by_name(problem):
     streamed, literal = (s.noised_input(clean, t, torch.Generator().manual_seed(0)) for s in spaces)
     torch.testing.assert_close(streamed, literal, rtol=1e-4, atol=1e-5)
     with pytest.raises(ValueError, match="vocab_attention must be one of"):
-        SmoothieSpace(embeddings, vocab_attention="fused")
+        SmoothieSpace(embeddings, vocab_attention="flash")

@@ -39,12 +39,13 @@ def measure(case: dict) -> dict:
     norms = ops.half_squared_norms(embeddings)
     attention = ops.VOCAB_ATTENTIONS[case["impl"]]
 
-    def run():
+    def run(rows: int = positions):
         return attention(
-            query, embeddings, mu, std, sigma0=1.5, generator=torch.Generator().manual_seed(1),
+            query[:rows], embeddings, mu[:rows], std[:rows], sigma0=1.5, generator=torch.Generator().manual_seed(1),
             chunk_size=case.get("chunk_size", 1024), compute_dtype=dtype, half_sq_norms=norms,
         )
 
+    run(rows=4)  # loads the kernels' code pages, which would otherwise count as the op's memory
     with harness.PeakMemory() as memory:
         seconds = harness.timed(run)
     return {"seconds": seconds, "extra_bytes": memory.extra_bytes}

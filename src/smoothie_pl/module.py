@@ -57,8 +57,9 @@ class SmoothieModule(L.LightningModule):
         vocab_attention: ``"streaming"`` (never holds ``[B, L, V]``), ``"literal"``,
             the reference code's materialised formula (a baseline), or ``"fused"``,
             one Triton kernel with in-kernel Philox noise (CUDA, needs triton).
-        compile_denoiser: ``torch.compile`` the denoiser (off: compiling takes
-            minutes on a small CPU; weights and checkpoints are unchanged).
+        compile_denoiser: ``torch.compile`` the denoiser in place (weights and
+            checkpoint keys are unchanged). Off by default: compiling costs
+            start-up time, and its gain has not been measured here yet.
         metric_set: metrics reported by ``test`` (``smoothie_pl.metrics.METRIC_SETS``:
             demo, paraphrase, summarization, simplification, translation,
             unconditional), tracked metric first; ``metric_options`` passes e.g.

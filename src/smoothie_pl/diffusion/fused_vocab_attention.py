@@ -37,7 +37,9 @@ if triton is not None:
         rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
         features = tl.arange(0, BLOCK_D)
         row_ok, feature_ok = rows < n, features < dim
-        q = tl.load(query + rows[:, None] * stride_q + features[None, :], mask=row_ok[:, None] & feature_ok[None, :], other=0.0)
+        q = tl.load(
+            query + rows[:, None] * stride_q + features[None, :], mask=row_ok[:, None] & feature_ok[None, :], other=0.0
+        )
         scale = tl.load(logit_scale + rows, mask=row_ok, other=0.0)
         std = tl.load(noise_scale + rows, mask=row_ok, other=0.0)
         running_max = tl.full([BLOCK_N], float("-inf"), tl.float32)

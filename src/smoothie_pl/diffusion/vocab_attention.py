@@ -37,7 +37,7 @@ def _check_chunk_size(chunk_size: int) -> None:
 
 
 def _chunk_view(buffer: torch.Tensor, rows: int, columns: int) -> torch.Tensor:
-    """A contiguous ``[rows, columns]`` view of the front of a flat buffer (so the last, narrower chunk is contiguous too)."""
+    """A contiguous ``[rows, columns]`` view of the front of a flat buffer (the last, narrower chunk too)."""
     return buffer[: rows * columns].view(rows, columns)
 
 
@@ -75,7 +75,9 @@ def noisy_logit_chunks(
     noise_scale = std.float().unsqueeze(1)
     logits_buffer = torch.empty(n * width, device=device)
     noise_buffer = torch.empty(n * width, device=device)
-    product_buffer = logits_buffer if compute_dtype == torch.float32 else torch.empty(n * width, dtype=compute_dtype, device=device)
+    product_buffer = logits_buffer
+    if compute_dtype != torch.float32:
+        product_buffer = torch.empty(n * width, dtype=compute_dtype, device=device)
     with torch.autocast(device_type=device.type, enabled=False):
         for start in range(0, embeddings.shape[0], chunk_size):
             rows = embeddings[start : start + chunk_size].to(compute_dtype)

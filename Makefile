@@ -15,7 +15,7 @@ export HF_DATASETS_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: demo test test-fast venv clean-venv
+.PHONY: demo test test-fast bench venv clean-venv
 
 venv: $(VENV)/.installed
 
@@ -40,6 +40,9 @@ test: venv
 
 test-fast: venv
 	$(PY) -m pytest -q -m "not slow"
+
+bench: venv
+	PYTHONPATH=src $(PY) experiments/bench/run_all.py
 
 clean-venv:
 	rm -rf $(VENV)

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from smoothie_pl.diffusion import nearest_rows, noisy_vocab_attention
+from smoothie_pl.diffusion import SmoothieSpace, literal_vocab_attention, nearest_rows, noisy_vocab_attention
 
 
 def literal_formula(query, embeddings, mu, std, sigma0, seed, chunk_size):
@@ -81,3 +81,55 @@ def test_chunk_size_must_be_positive(problem):
     query, embeddings, mu, std = problem
     with pytest.raises(ValueError, match="chunk_size"):
         noisy_vocab_attention(query, embeddings, mu, std, sigma0=1.5, chunk_size=0)
+
+
+@pytest.mark.parametrize("compute_dtype, tolerance", [(torch.float32, 1e-5), (torch.bfloat16, 3e-2)])
+def test_library_literal_formulation_equals_the_float64_formula(problem, compute_dtype, tolerance):
+    query, embeddings, mu, std = problem
+    literal = literal_vocab_attention(
+        query, embeddings, mu, std, sigma0=1.5, generator=torch.Generator().manual_seed(3), chunk_size=97,
+        compute_dtype=compute_dtype,
+    )
+    expected = literal_formula(query, embeddings, mu, std, 1.5, seed=3, chunk_size=97)
+    assert (literal.double() - expected).norm() / expected.norm() < tolerance
+
+
+@pytest.mark.parametrize("compute_dtype", [torch.float32, torch.bfloat16])
+def test_streaming_and_literal_formulation_agree_with_the_same_noise(problem, compute_dtype):
+    query, embeddings, mu, std = problem
+    outputs = [
+        attention(
+            query, embeddings, mu, std, sigma0=1.5, generator=torch.Generator().manual_seed(5), chunk_size=128,
+            compute_dtype=compute_dtype,
+        )
+        for attention in (noisy_vocab_attention, literal_vocab_attention)
+    ]
+    other_noise = literal_vocab_attention(
+        query, embeddings, mu, std, sigma0=1.5, generator=torch.Generator().manual_seed(6), chunk_size=128,
+        compute_dtype=compute_dtype,
+    )
+    # Both paths round their matmuls alike, so they agree far better than a different noise draw does.
+    gap = (outputs[0] - outputs[1]).norm()
+    assert gap < 0.05 * (other_noise - outputs[1]).norm()
+    assert gap / outputs[1].norm() < (1e-5 if compute_dtype == torch.float32 else 1e-2)
+
+
+def test_underflowing_logits_are_floored_without_changing_the_result():
+    """At tiny kernel widths every logit but the nearest row's underflows exp; the floor must not leak mass."""
+    torch.manual_seed(1)
+    embeddings = torch.randn(3000, 16) * 3
+    query = embeddings[:40] + 0.01 * torch.randn(40, 16)
+    ones = torch.ones(40)
+    out = noisy_vocab_attention(query, embeddings, ones * 50.0, ones * 0.0, sigma0=1.0, chunk_size=256)
+    torch.testing.assert_close(out, embeddings[:40], rtol=0, atol=1e-6)
+
+
+def test_a_space_swaps_in_the_literal_formulation_by_name(problem):
+    query, embeddings, _, _ = problem
+    spaces = [SmoothieSpace(embeddings, chunk_size=100, vocab_attention=name) for name in ("streaming", "literal")]
+    t = torch.linspace(0.05, 0.95, 5)
+    clean = query[:40].view(5, 8, 24)
+    streamed, literal = (s.noised_input(clean, t, torch.Generator().manual_seed(0)) for s in spaces)
+    torch.testing.assert_close(streamed, literal, rtol=1e-4, atol=1e-5)
+    with pytest.raises(ValueError, match="vocab_attention must be one of"):
+        SmoothieSpace(embeddings, vocab_attention="flash")

@@ -105,6 +105,12 @@ class SmoothieModule(L.LightningModule):
         vocab_chunk_size, vocab_dtype: chunk of vocabulary rows per streaming
             step and the dtype of its matmuls (``"bfloat16"`` is 3-5x faster on
             CPUs with AMX/AVX512-BF16 and on GPUs).
+        vocab_attention: ``"streaming"`` (never holds ``[B, L, V]``), ``"literal"``,
+            the reference code's materialised formula (a baseline), or ``"fused"``,
+            one Triton kernel with in-kernel Philox noise (CUDA, needs triton).
+        compile_denoiser: ``torch.compile`` the denoiser in place (weights and
+            checkpoint keys are unchanged). Off by default: compiling costs
+            start-up time, and its gain has not been measured here yet.
         metric_set: metrics reported by ``test`` (``smoothie_pl.metrics.METRIC_SETS``:
             demo, paraphrase, summarization, simplification, translation,
             unconditional), tracked metric first; ``metric_options`` passes e.g.
@@ -143,8 +149,10 @@ class SmoothieModule(L.LightningModule):
         weight_decay: float = 0.01,
         warmup_steps: int = 5000,
         warmup_start_lr: float = 1e-8,
-        vocab_chunk_size: int = 4096,
+        vocab_chunk_size: int = 1024,
         vocab_dtype: str = "float32",
+        vocab_attention: str = "streaming",
+        compile_denoiser: bool = False,
         metric_set: str = "demo",
         metric_options: dict | None = None,
         mbr_candidates: int = 1,
@@ -159,6 +167,8 @@ class SmoothieModule(L.LightningModule):
             raise ValueError(f"space must be one of {sorted(SPACES)}, got {space!r}")
         if token_head is not None and space != "simplex":
             raise ValueError(f"token_head is an option of the simplex space, got space={space!r}")
+        if vocab_attention != "streaming" and space != "smoothie":
+            raise ValueError(f"vocab_attention={vocab_attention!r} is an option of the smoothie space, got space={space!r}")
         if train_embeddings and space != "smoothie":
             # Its extra losses are written in Smoothie's distances (METHOD section 4).
             raise ValueError(f"train_embeddings needs space='smoothie', got space={space!r}")
@@ -188,6 +198,8 @@ class SmoothieModule(L.LightningModule):
             self.register_buffer("source_embedding_matrix", source_matrix)
         dim = embedding_matrix.shape[1]
         self.denoiser = UShapedDenoiser(dim, denoiser, target_length, source_length)
+        if compile_denoiser:
+            self.denoiser.compile()
         if denoiser.source_encoder == "scratch":
             source_dim = self.source_embedding_matrix.shape[1] if source_embedding is not None else dim
             self.source_encoder = SourceEncoder(source_dim, denoiser.width, denoiser, source_length)
@@ -214,13 +226,16 @@ class SmoothieModule(L.LightningModule):
             )
         self.register_buffer("vocabulary", vocabulary.to(self.embedding_matrix.device))
         hp = self.hparams
-        head = {"token_head": hp.token_head} if hp.get("token_head") else {}
-        self.space = SPACES[hp.get("space", "smoothie")](
+        space = hp.get("space", "smoothie")
+        options = {"vocab_attention": hp.get("vocab_attention", "streaming")} if space == "smoothie" else {}
+        if hp.get("token_head"):
+            options["token_head"] = hp.token_head
+        self.space = SPACES[space](
             self.embedding_matrix.detach()[vocabulary],
             build_schedule(hp.schedule, "arctan"),
             chunk_size=hp.vocab_chunk_size,
             compute_dtype=DTYPES[hp.vocab_dtype],
-            **head,
+            **options,
         )
 
     @property

@@ -24,7 +24,7 @@ from lightning.pytorch.callbacks import Callback
 
 from smoothie_pl.callbacks.trigger import ValidationTrigger
 from smoothie_pl.diffusion.spaces import SmoothieSpace
-from smoothie_pl.diffusion.vocab_attention import DEFAULT_CHUNK_SIZE, noisy_logit_chunks
+from smoothie_pl.diffusion.vocab_attention import DEFAULT_CHUNK_SIZE, LOG_PROB_FLOOR, noisy_logit_chunks
 
 DEFAULT_TIMES = (0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
 
@@ -67,7 +67,8 @@ def true_row_log_probs(
         true_logit = torch.where(inside, picked, true_logit)
 
         new_max = torch.maximum(running_max, logits.amax(dim=1))
-        running_sum = running_sum * torch.exp(running_max - new_max) + (logits - new_max.unsqueeze(1)).exp().sum(1)
+        shifted = (logits - new_max.unsqueeze(1)).clamp_min_(LOG_PROB_FLOOR)  # CPU exp is slow on underflow
+        running_sum = running_sum * torch.exp(running_max - new_max) + shifted.exp_().sum(1)
         running_max = new_max
     return true_logit - running_max - running_sum.log()
 

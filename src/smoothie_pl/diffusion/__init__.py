@@ -19,12 +19,19 @@ from smoothie_pl.diffusion.schedules import (
     build_schedule,
 )
 from smoothie_pl.diffusion.spaces import SPACES, DiffusionSpace, GaussianEmbeddingSpace, SimplexSpace, SmoothieSpace
-from smoothie_pl.diffusion.vocab_attention import half_squared_norms, nearest_rows, noisy_vocab_attention
+from smoothie_pl.diffusion.vocab_attention import (
+    VOCAB_ATTENTIONS,
+    half_squared_norms,
+    literal_vocab_attention,
+    nearest_rows,
+    noisy_vocab_attention,
+)
 
 __all__ = [
     "SAMPLERS",
     "SCHEDULES",
     "SPACES",
+    "VOCAB_ATTENTIONS",
     "ArctanSchedule",
     "CosineSchedule",
     "DDIMSampler",
@@ -42,6 +49,7 @@ __all__ = [
     "build_sampler",
     "build_schedule",
     "half_squared_norms",
+    "literal_vocab_attention",
     "nearest_rows",
     "noisy_vocab_attention",
 ]

@@ -24,10 +24,10 @@ from torch import nn
 from smoothie_pl.diffusion.schedules import ArctanSchedule, Schedule, SdSchedule, TessSchedule
 from smoothie_pl.diffusion.vocab_attention import (
     DEFAULT_CHUNK_SIZE,
+    VOCAB_ATTENTIONS,
     half_squared_norms,
     nearest_rows,
     noisy_onehot_logit_chunks,
-    noisy_vocab_attention,
     softmax_readout,
 )
 
@@ -121,10 +121,17 @@ class SmoothieSpace(DiffusionSpace):
 
     The state ``D_t = mu(t) D0 + std(t) eps`` is ``[L, V]`` per sequence but is
     never held on the streaming path: the model input ``softmax(D_t) E`` is
-    streamed over vocabulary chunks, and so is decoding.
+    streamed over vocabulary chunks, and so is decoding. ``vocab_attention="literal"``
+    swaps in the reference code's materialised formulation (the benchmarks' baseline).
     """
 
     default_schedule = ArctanSchedule
+
+    def __init__(self, *args, vocab_attention: str = "streaming", **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        if vocab_attention not in VOCAB_ATTENTIONS:
+            raise ValueError(f"vocab_attention must be one of {sorted(VOCAB_ATTENTIONS)}, got {vocab_attention!r}")
+        self.attention = VOCAB_ATTENTIONS[vocab_attention]
 
     @property
     def sigma0(self) -> float:
@@ -135,7 +142,7 @@ class SmoothieSpace(DiffusionSpace):
         self, query: torch.Tensor, mu: torch.Tensor, std: torch.Tensor, generator: torch.Generator | None
     ) -> torch.Tensor:
         batch, length, dim = query.shape
-        out = noisy_vocab_attention(
+        out = self.attention(
             query.reshape(-1, dim),
             self.compute_embeddings,
             mu,

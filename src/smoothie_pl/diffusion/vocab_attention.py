@@ -14,7 +14,16 @@ from collections.abc import Callable, Iterable, Iterator
 
 import torch
 
-DEFAULT_CHUNK_SIZE = 4096
+from smoothie_pl.diffusion.fused_vocab_attention import fused_vocab_attention
+
+DEFAULT_CHUNK_SIZE = 1024
+"""Vocabulary rows per step. Small ``[N, chunk]`` buffers stay in cache: on this project's
+2-core CPU, chunks of 256 to 1024 rows were fastest at 2,048 and 8,192 positions, and 1024
+was 1.5x faster than 4096 at 2,048 positions."""
+LOG_PROB_FLOOR = -80.0
+"""Shifted logits are clamped here before ``exp``: ``e^-80 < 2e-35`` is nothing next to
+the row's largest term (``e^0``), and CPU ``exp`` is ~50x slower on inputs that underflow,
+which at small ``t`` is nearly every vocabulary entry."""
 
 
 def half_squared_norms(embeddings: torch.Tensor) -> torch.Tensor:
@@ -27,27 +36,45 @@ def _check_chunk_size(chunk_size: int) -> None:
         raise ValueError(f"chunk_size must be a positive number of vocabulary rows, got {chunk_size}")
 
 
-def _add_noise_by_chunk(
-    clean_logits: Callable[[int, torch.Tensor], torch.Tensor],
+def _chunk_view(buffer: torch.Tensor, rows: int, columns: int) -> torch.Tensor:
+    """A contiguous ``[rows, columns]`` view of the front of a flat buffer (the last, narrower chunk too)."""
+    return buffer[: rows * columns].view(rows, columns)
+
+
+def _noisy_chunks(
+    fill_clean_logits: Callable[[int, torch.Tensor, torch.Tensor], None],
+    n: int,
     embeddings: torch.Tensor,
     std: torch.Tensor,
     generator: torch.Generator | None,
     chunk_size: int,
     compute_dtype: torch.dtype,
 ) -> Iterator[tuple[int, torch.Tensor, torch.Tensor]]:
-    """``(start, rows, clean_logits(start, rows) + std * eps)`` chunk by chunk: the one place the noise is drawn.
+    """``(start, rows, clean + std * eps)`` chunk by chunk: the one place the noise is drawn.
 
-    Chunk ``c`` takes ``[N, chunk]`` normals from ``generator`` in order, so every
-    consumer (the model input, the diagnostics) sees the same noise for the same seed.
+    ``fill_clean_logits(start, rows, out)`` writes a chunk's clean logits into
+    ``out`` (fp32 ``[n, chunk]``). Chunk ``c`` takes ``[n, chunk]`` normals from
+    ``generator`` in order, so every consumer (the model input, the
+    diagnostics) sees the same noise for the same seed, and
+    :func:`chunked_noise` materialises the same draws for the literal formula.
+    The logits live in one buffer reused for every chunk (a fresh ``[n, chunk]``
+    tensor per chunk is allocator churn: page faults and system time), so
+    consume each chunk before asking for the next.
     """
     _check_chunk_size(chunk_size)
+    device = embeddings.device
+    width = min(chunk_size, embeddings.shape[0])
     noise_scale = std.float().unsqueeze(1)
-    for start in range(0, embeddings.shape[0], chunk_size):
-        rows = embeddings[start : start + chunk_size].to(compute_dtype)
-        logits = clean_logits(start, rows)
-        noise = torch.randn(logits.shape, generator=generator, device=logits.device)
-        logits.add_(noise.mul_(noise_scale))
-        yield start, rows, logits
+    logits_buffer = torch.empty(n * width, device=device)
+    noise_buffer = torch.empty(n * width, device=device)
+    with torch.autocast(device_type=device.type, enabled=False):
+        for start in range(0, embeddings.shape[0], chunk_size):
+            rows = embeddings[start : start + chunk_size].to(compute_dtype)
+            logits = _chunk_view(logits_buffer, n, rows.shape[0])
+            fill_clean_logits(start, rows, logits)
+            noise = _chunk_view(noise_buffer, n, rows.shape[0]).normal_(generator=generator)
+            logits.addcmul_(noise, noise_scale)
+            yield start, rows, logits
 
 
 def noisy_logit_chunks(
@@ -64,20 +91,27 @@ def noisy_logit_chunks(
 ) -> Iterator[tuple[int, torch.Tensor, torch.Tensor]]:
     """``(start, rows, logits)`` for each vocabulary chunk, logits ``mu * D0 + std * eps`` up to a per-row shift.
 
-    ``rows`` is the chunk of ``E`` in ``compute_dtype``; logits are fp32.
+    ``rows`` is the chunk of ``E`` in ``compute_dtype``; logits are fp32 and
+    reuse one buffer (see :func:`_noisy_chunks`).
     """
     compute_dtype = compute_dtype or embeddings.dtype
     if half_sq_norms is None:
         half_sq_norms = half_squared_norms(embeddings)
+    n = query.shape[0]
     q = query.to(compute_dtype)
     logit_scale = (mu.float() / sigma0**2).unsqueeze(1)
+    product_buffer = None
+    if compute_dtype != torch.float32:
+        product_buffer = torch.empty(n * min(chunk_size, embeddings.shape[0]), dtype=compute_dtype, device=q.device)
 
-    def distance_logits(start: int, rows: torch.Tensor) -> torch.Tensor:
-        logits = (q @ rows.T).float()
-        return logits.sub_(half_sq_norms[start : start + rows.shape[0]]).mul_(logit_scale)
+    def distance_logits(start: int, rows: torch.Tensor, out: torch.Tensor) -> None:
+        if product_buffer is None:
+            torch.mm(q, rows.T, out=out)
+        else:
+            out.copy_(torch.mm(q, rows.T, out=_chunk_view(product_buffer, *out.shape)))
+        out.sub_(half_sq_norms[start : start + rows.shape[0]]).mul_(logit_scale)
 
-    with torch.autocast(device_type=query.device.type, enabled=False):
-        yield from _add_noise_by_chunk(distance_logits, embeddings, std, generator, chunk_size, compute_dtype)
+    return _noisy_chunks(distance_logits, n, embeddings, std, generator, chunk_size, compute_dtype)
 
 
 def noisy_onehot_logit_chunks(
@@ -90,29 +124,31 @@ def noisy_onehot_logit_chunks(
     chunk_size: int = DEFAULT_CHUNK_SIZE,
     compute_dtype: torch.dtype | None = None,
 ) -> Iterator[tuple[int, torch.Tensor, torch.Tensor]]:
-    """Like ``noisy_logit_chunks`` for a one-hot clean state: logit ``height`` at row ``tokens[n]``, 0 elsewhere.
+    """Like :func:`noisy_logit_chunks` for a one-hot clean state: logit ``height`` at row ``tokens[n]``, 0 elsewhere.
 
     The simplex state ``mu (2K onehot - K) + std eps`` is this with ``height = 2K mu``
     up to a per-row shift, which the softmax ignores.
     """
-    compute_dtype = compute_dtype or embeddings.dtype
     tokens = tokens.view(-1, 1)
     height = height.float().view(-1, 1)
 
-    def onehot_logits(start: int, rows: torch.Tensor) -> torch.Tensor:
-        logits = torch.zeros(tokens.shape[0], rows.shape[0], device=tokens.device)
+    def onehot_logits(start: int, rows: torch.Tensor, out: torch.Tensor) -> None:
         inside = (tokens >= start) & (tokens < start + rows.shape[0])
         column = (tokens - start).clamp(0, rows.shape[0] - 1)
-        return logits.scatter_(1, column, height * inside)
+        out.zero_().scatter_(1, column, height * inside)
 
-    with torch.autocast(device_type=tokens.device.type, enabled=False):
-        yield from _add_noise_by_chunk(onehot_logits, embeddings, std, generator, chunk_size, compute_dtype)
+    return _noisy_chunks(
+        onehot_logits, tokens.shape[0], embeddings, std, generator, chunk_size, compute_dtype or embeddings.dtype
+    )
 
 
 @torch.no_grad()
 def softmax_readout(chunks: Iterable[tuple[int, torch.Tensor, torch.Tensor]]) -> torch.Tensor:
-    """``softmax(logits) @ E`` from ``(start, rows, logits)`` chunks, by online softmax (fp32 statistics)."""
-    running_max = running_sum = acc = None
+    """``softmax(logits) @ E`` from ``(start, rows, logits)`` chunks, by online softmax (fp32 statistics).
+
+    Consumes (overwrites) each chunk's logits.
+    """
+    running_max = running_sum = acc = probs_buffer = None
     for _, rows, logits in chunks:
         with torch.autocast(device_type=logits.device.type, enabled=False):
             if acc is None:
@@ -121,11 +157,17 @@ def softmax_readout(chunks: Iterable[tuple[int, torch.Tensor, torch.Tensor]]) ->
                 acc = torch.zeros(logits.shape[0], rows.shape[1], device=logits.device)
             new_max = torch.maximum(running_max, logits.amax(dim=1, keepdim=True))
             rescale = torch.exp(running_max - new_max)
-            probs = logits.sub_(new_max).exp_()
+            probs = logits.sub_(new_max).clamp_min_(LOG_PROB_FLOOR).exp_()
             running_sum.mul_(rescale).add_(probs.sum(dim=1, keepdim=True))
-            acc.mul_(rescale).add_((probs.to(rows.dtype) @ rows).float())
+            acc.mul_(rescale)
+            if rows.dtype == torch.float32:
+                acc.addmm_(probs, rows)
+            else:
+                if probs_buffer is None:
+                    probs_buffer = torch.empty(logits.numel(), dtype=rows.dtype, device=logits.device)
+                acc.add_(_chunk_view(probs_buffer, *probs.shape).copy_(probs) @ rows)
             running_max = new_max
-    return acc / running_sum
+    return acc.div_(running_sum)
 
 
 @torch.no_grad()
@@ -163,6 +205,62 @@ def noisy_vocab_attention(
             compute_dtype=compute_dtype, half_sq_norms=half_sq_norms,
         )
     )
+
+
+def chunked_noise(
+    rows: int, vocab_size: int, *, generator: torch.Generator | None, chunk_size: int, device: torch.device
+) -> torch.Tensor:
+    """The ``[rows, V]`` noise :func:`noisy_logit_chunks` draws, materialised (chunk by chunk, in its order)."""
+    _check_chunk_size(chunk_size)
+    noise = torch.empty(rows, vocab_size, device=device)
+    for start in range(0, vocab_size, chunk_size):
+        width = min(chunk_size, vocab_size - start)
+        noise[:, start : start + width] = torch.randn(rows, width, generator=generator, device=device)
+    return noise
+
+
+@torch.no_grad()
+def literal_vocab_attention(
+    query: torch.Tensor,
+    embeddings: torch.Tensor,
+    mu: torch.Tensor,
+    std: torch.Tensor,
+    *,
+    sigma0: float,
+    generator: torch.Generator | None = None,
+    chunk_size: int = DEFAULT_CHUNK_SIZE,
+    compute_dtype: torch.dtype | None = None,
+    half_sq_norms: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """The paper code's formulation: materialise ``D [N, V]``, add the noise, softmax, multiply by ``E``.
+
+    A drop-in twin of :func:`noisy_vocab_attention` (same arguments, same noise
+    for the same generator and chunk size) kept as the baseline the benchmarks
+    and tests measure the streaming operation against. It holds several
+    ``[N, V]`` fp32 tensors, as the reference code does.
+    """
+    compute_dtype = compute_dtype or embeddings.dtype
+    if half_sq_norms is None:
+        half_sq_norms = half_squared_norms(embeddings)
+    rows = embeddings.to(compute_dtype)
+    with torch.autocast(device_type=query.device.type, enabled=False):
+        products = (query.to(compute_dtype) @ rows.T).float()
+        distances = (products - half_sq_norms - query.float().pow(2).sum(1, keepdim=True) / 2) / sigma0**2
+        noise = chunked_noise(
+            query.shape[0], embeddings.shape[0], generator=generator, chunk_size=chunk_size, device=query.device
+        )
+        logits = mu.float().unsqueeze(1) * distances + std.float().unsqueeze(1) * noise
+        probs = torch.softmax(logits, dim=1)
+        return (probs.to(compute_dtype) @ rows).float()
+
+
+VOCAB_ATTENTIONS = {
+    "streaming": noisy_vocab_attention,
+    "literal": literal_vocab_attention,
+    "fused": fused_vocab_attention,
+}
+"""The vocabulary operation by name: the library's streaming one, the literal baseline, and
+the fused Triton kernel (CUDA; opt-in until it has been checked on a GPU)."""
 
 
 @torch.no_grad()

@@ -328,6 +328,7 @@ def test_unconditional_model_trains_samples_and_scores_without_a_source(tmp_path
     (results,) = trainer.test(model, datamodule=data)
     assert 0.0 <= results["test/diversity"] <= 1.0  # needs no reference; MAUVE and perplexity need a model
     assert "test/mauve" not in results
+    assert "test/copy_source_sacrebleu" not in results  # there is no source to copy
 
 
 # ------------------------------------------------- separate source vocabulary

@@ -22,6 +22,7 @@ import io
 import json
 import logging
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -66,6 +67,11 @@ class Outcome:
 
 
 # ------------------------------------------------------------------ fixtures
+def write_existing_predictions(folder: Path) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "predictions.jsonl").write_text('{"index": 0, "prediction": "kept"}\n')
+
+
 def write_pairs(path: Path, pairs, extra_lines: tuple[bytes, ...] = (), at: int = 2) -> None:
     lines = [json.dumps({"src": s, "trg": t}).encode() for s, t in pairs]
     lines[at:at] = list(extra_lines)
@@ -134,8 +140,8 @@ def checkpoint(work: Path) -> str:
 # ------------------------------------------------------------------ the corpus
 def cases(work: Path) -> list[Case]:
     data = work / "data"
-    fit = ["fit", *base_args(work), "--trainer.default_root_dir", str(work / "runs")]
-    predict = ["predict", *base_args(work), "--trainer.default_root_dir", str(work / "runs")]
+    fit = ["fit", *base_args(work)]  # run_case gives every case its own default_root_dir
+    predict = ["predict", *base_args(work)]
     train = data / "train.jsonl"
     ckpt = checkpoint(work)
 
@@ -237,6 +243,13 @@ def cases(work: Path) -> list[Case]:
         ),
         Case("predict from the checkpoint", [*predict, "--ckpt_path", ckpt], 0),
         Case(
+            "predictions file already exists",
+            [*predict, "--ckpt_path", ckpt],
+            1,
+            ["predictions.jsonl already exists", "if_exists"],
+            lambda _: write_existing_predictions(run_dir(work, "predictions file already exists")),
+        ),
+        Case(
             "data vocabulary differs from the checkpoint's",
             [*predict, "--ckpt_path", ckpt, "--data.init_args.train_file", str(data / "other_train.jsonl")],
             1,
@@ -308,10 +321,15 @@ def error_line(lines: list[str]) -> str:
     return ""
 
 
+def run_dir(work: Path, name: str) -> Path:
+    """Each case's own run folder: a shared one would make a later ``fit`` resume an earlier case's checkpoint."""
+    return work / "runs" / re.sub(r"\W+", "-", name).strip("-")
+
+
 def run_case(case: Case, work: Path, invoke) -> Outcome:
     if case.prepare:
         case.prepare(work)
-    status, lines = invoke(case.args)
+    status, lines = invoke([*case.args, "--trainer.default_root_dir", str(run_dir(work, case.name))])
     line = error_line(lines)
     if status == "traceback":
         line = lines[-1] if lines else "traceback"

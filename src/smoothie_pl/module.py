@@ -213,7 +213,8 @@ class SmoothieModule(L.LightningModule):
             self.source_encoder = None
         self.null_source = NullSource(denoiser.width) if cfg_dropout > 0 else None
         self.test_metrics = TextMetrics(metric_set, **(metric_options or {}))
-        self.test_copy_sacrebleu = SacreBLEU()
+        # Copying the source is the baseline a seq2seq model must beat; an unconditional one has none.
+        self.test_copy_sacrebleu = SacreBLEU() if denoiser.source_encoder != "none" else None
         self.val_loss = MeanMetric()  # mean over every validation pair of every rank
 
     # ----------------------------------------------------------------- parts
@@ -458,17 +459,20 @@ class SmoothieModule(L.LightningModule):
     def test_step(self, batch: dict, batch_idx: int) -> None:
         predictions, _ = self._generate_batch(batch)
         self.test_metrics.update(sources=batch["source"], predictions=predictions, references=batch["reference"])
-        self.test_copy_sacrebleu.update(batch["source"], batch["reference"])
+        if self.test_copy_sacrebleu is not None:
+            self.test_copy_sacrebleu.update(batch["source"], batch["reference"])
 
     def on_test_epoch_start(self) -> None:
         self.test_metrics.reset()
-        self.test_copy_sacrebleu.reset()
+        if self.test_copy_sacrebleu is not None:
+            self.test_copy_sacrebleu.reset()
 
     def on_test_epoch_end(self) -> None:
         """Every metric of the configured set over the whole split (torchmetrics gathers DDP shards)."""
         for name, value in self.test_metrics.compute().items():
             self.log(f"test/{name}", value)
-        self.log("test/copy_source_sacrebleu", self.test_copy_sacrebleu.compute())
+        if self.test_copy_sacrebleu is not None:
+            self.log("test/copy_source_sacrebleu", self.test_copy_sacrebleu.compute())
 
     def predict_step(self, batch: dict, batch_idx: int) -> list[dict[str, Any]]:
         predictions, candidates = self._generate_batch(batch)

@@ -1,12 +1,16 @@
 """`smoothie fit` resumes from the run's last.ckpt and ends where an uninterrupted run ends, bit for bit."""
 
+import os
 import warnings
+from types import SimpleNamespace
 
 import pytest
 import torch
 import yaml
 
-from smoothie_pl.cli import build_cli
+from lightning.pytorch.callbacks import ModelCheckpoint
+
+from smoothie_pl.cli import build_cli, newest_checkpoint
 
 STEPS = 6  # 8 pairs in batches of 2: four steps an epoch, the end inside the second epoch
 
@@ -95,3 +99,23 @@ def test_stopped_and_resumed_fit_equals_an_uninterrupted_one(whole, stop, word_m
         assert all(torch.equal(got[key], expected[key]) for key in expected)
     assert resumed["lr_schedulers"] == whole["lr_schedulers"]
     assert resumed["epoch"] == whole["epoch"]
+
+
+@pytest.mark.parametrize("newest", ["runs/job/hpc_ckpt_1.ckpt", "runs/job/checkpoints/last.ckpt"])
+def test_the_newest_checkpoint_is_found_as_an_absolute_path_from_a_relative_run_dir(newest, tmp_path, monkeypatch):
+    # Slurm jobs pass a relative run dir; the path logged and restored must not depend on the working directory.
+    monkeypatch.chdir(tmp_path)
+    older = ({"runs/job/hpc_ckpt_1.ckpt", "runs/job/checkpoints/last.ckpt"} - {newest}).pop()
+    for mtime, name in enumerate([older, newest]):
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).touch()
+        os.utime(tmp_path / name, (1_000_000 + mtime, 1_000_000 + mtime))
+    trainer = SimpleNamespace(
+        default_root_dir="runs/job", checkpoint_callbacks=[ModelCheckpoint(dirpath="runs/job/checkpoints")]
+    )
+    assert newest_checkpoint(trainer) == tmp_path.resolve() / newest
+
+
+def test_a_run_without_checkpoints_starts_fresh(tmp_path):
+    trainer = SimpleNamespace(default_root_dir=str(tmp_path), checkpoint_callbacks=[ModelCheckpoint()])
+    assert newest_checkpoint(trainer) is None

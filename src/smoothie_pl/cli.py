@@ -8,6 +8,7 @@ from pathlib import Path
 
 from lightning.pytorch.callbacks import ModelCheckpoint, ProgressBar, RichProgressBar
 from lightning.pytorch.cli import LightningCLI
+from lightning.pytorch.utilities import rank_zero_info
 
 from smoothie_pl.callbacks import JsonlPredictionWriter, NonFiniteGuard, SmoothieEMA
 from smoothie_pl.config_checks import config_errors
@@ -92,16 +93,19 @@ class SmoothieCLI(LightningCLI):
         if config.get("ckpt_path") is None:
             resume = newest_checkpoint(self.trainer)
             if resume is not None:
-                print(f"resuming from {resume}")
+                rank_zero_info(f"resuming from {resume}")
                 config["ckpt_path"] = str(resume)
 
 
 def newest_checkpoint(trainer) -> Path | None:
-    """The newest of the run's ``last*.ckpt`` files and the ``hpc_ckpt_*.ckpt`` Lightning saves before a requeue."""
-    candidates = list(Path(trainer.default_root_dir).glob("hpc_ckpt_*.ckpt"))
+    """The newest of the run's ``last*.ckpt`` files and the ``hpc_ckpt_*.ckpt`` Lightning saves before a requeue.
+
+    Absolute, so that the path logged and restored does not depend on the working directory.
+    """
+    candidates = list(Path(trainer.default_root_dir).resolve().glob("hpc_ckpt_*.ckpt"))
     for callback in trainer.checkpoint_callbacks:
         if isinstance(callback, ModelCheckpoint) and callback.dirpath is not None:
-            candidates += Path(callback.dirpath).glob(f"{callback.CHECKPOINT_NAME_LAST}*{callback.FILE_EXTENSION}")
+            candidates += Path(callback.dirpath).resolve().glob(f"{callback.CHECKPOINT_NAME_LAST}*{callback.FILE_EXTENSION}")
     return max(candidates, key=lambda path: path.stat().st_mtime, default=None)
 
 

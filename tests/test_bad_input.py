@@ -202,7 +202,11 @@ def test_impossible_config_values_fail_at_start_up_naming_key_and_range(monkeypa
     monkeypatch.setattr("smoothie_pl.module.load_embedding_matrix", built)
     bad = {
         "--model.sampling_steps": ("-3", "model.sampling_steps = -3: allowed >= 1"),
-        "--model.schedule.sigma_max": ("1.0", "model.schedule.sigma_max = 1.0: allowed > model.schedule.sigma_min"),
+        "--model.schedule.sigma_max": (
+            "1.0",
+            "model.schedule = {'sigma_max': '1.0'}: ArctanSchedule needs 0 < sigma_min < sigma_max, "
+            "got sigma_min=1.5, sigma_max=1.0",
+        ),
         "--model.target_length": ("0", "model.target_length = 0: allowed >= 1"),
         "--model.vocab_chunk_size": ("0", "model.vocab_chunk_size = 0: allowed >= 1"),
         "--model.denoiser.heads": ("3", "model.denoiser.heads = 3: allowed a divisor of model.denoiser.width"),
@@ -217,12 +221,31 @@ def test_impossible_config_values_fail_at_start_up_naming_key_and_range(monkeypa
     assert sorted(line.strip() for line in lines) == sorted(message for _, message in bad.values())
 
 
+@pytest.mark.parametrize(
+    "schedule, message",
+    [
+        ("{name: sd, k: -1}", "SdSchedule needs k > 0, got k=-1.0"),
+        ("{name: cosine, beta_0: 2, beta_1: 1}", "CosineSchedule needs 0 < beta_0 <= beta_1, got 2.0, 1.0"),
+        ("{name: sd, sigma_min: 2}", "unexpected keyword argument 'sigma_min'"),
+        ("{name: tan}", "unknown schedule 'tan'; choose one of ['arctan', 'cosine', 'sd', 'sqrt', 'tess']"),
+        ("{name: sd, k: nine}", "schedule.k: expected a number, got 'nine'"),
+    ],
+)
+def test_every_schedule_is_checked_at_start_up_by_its_own_ranges(schedule, message, monkeypatch, tmp_path):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ConfigError) as error:
+        build_cli(["--config", str(TINY), "--model.schedule", schedule], run=False)
+    (line,) = str(error.value).splitlines()[1:]
+    assert line.strip().startswith("model.schedule = {") and message in line
+
+
 def test_cli_prints_one_error_line_and_exits_nonzero(monkeypatch, tmp_path, capsys):
     monkeypatch.chdir(tmp_path)
     assert run(["fit", "--config", str(TINY), "--model.schedule.sigma_min", "0"]) == 1
     assert capsys.readouterr().err.splitlines() == [
         "smoothie: error: impossible configuration values:",
-        "  model.schedule.sigma_min = 0.0: allowed > 0",
+        "  model.schedule = {'sigma_min': '0'}: ArctanSchedule needs 0 < sigma_min < sigma_max, "
+        "got sigma_min=0.0, sigma_max=200.0",
     ]
     assert run(["fit", "--config", str(TINY), "--model.no_such_key", "1"]) == 2
     assert "no_such_key" in capsys.readouterr().err

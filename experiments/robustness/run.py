@@ -200,7 +200,7 @@ def cases(work: Path) -> list[Case]:
     ]
     impossible_values = [  # name, option, value, what the error line must name
         ("negative sampling steps", "--model.sampling_steps", "-5", ["model.sampling_steps = -5", ">= 1"]),
-        ("sigma_max below sigma_min", "--model.schedule.sigma_max", "1.0", ["sigma_max = 1.0", "> model.schedule.sig"]),
+        ("sigma_max below sigma_min", "--model.schedule.sigma_max", "1.0", ["model.schedule", "0 < sigma_min < sigma_max"]),
         ("zero target length", "--model.target_length", "0", ["model.target_length = 0", ">= 1"]),
         ("negative source length", "--model.source_length", "-1", ["model.source_length = -1"]),
         ("zero vocabulary chunk", "--model.vocab_chunk_size", "0", ["model.vocab_chunk_size = 0"]),

@@ -3,16 +3,18 @@
 One table says, for every numeric or named option whose wrong values the
 types cannot catch, what it allows; ``config_errors`` lists every violation
 with its key, its value and the allowed range. Options that are absent (another
-data module) or ``None`` are not checked.
+data module) or ``None`` are not checked. The schedule is a dict option whose
+parameters depend on its name, so it is checked by building it: each schedule
+class states its own ranges.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import Any
 
-from smoothie_pl.diffusion import SCHEDULES, SPACES
+from smoothie_pl.diffusion import SPACES, build_schedule
 from smoothie_pl.diffusion.samplers import SAMPLERS
 from smoothie_pl.metrics import METRIC_SETS
 from smoothie_pl.module import DTYPES
@@ -54,6 +56,7 @@ def each(allowed: Allowed) -> Allowed:
 RULES: dict[str, Allowed] = {
     "model.target_length": at_least(1),
     "model.source_length": at_least(1),
+    "model.space": one_of(SPACES),
     "model.sampler": one_of(SAMPLERS),
     "model.sampling_steps": at_least(1),
     "model.sampling_noise_scale": at_least(0),
@@ -68,10 +71,6 @@ RULES: dict[str, Allowed] = {
     "model.metric_set": one_of(METRIC_SETS),
     "model.mbr_candidates": at_least(1),
     "model.mbr_utility": one_of(("bleu", "rougeL")),
-    "model.schedule.sigma_min": above(0),
-    "model.schedule.sigma_max": above_key("model.schedule.sigma_min"),
-    "model.schedule.k": above(0),
-    "model.schedule.delta": above(0),
     "model.denoiser.width": at_least(1),
     "model.denoiser.depth": Allowed("an even number >= 2", lambda value, _: value >= 2 and value % 2 == 0),
     "model.denoiser.heads": Allowed(
@@ -101,36 +100,31 @@ RULES: dict[str, Allowed] = {
 MISSING = object()
 
 
-def schedule_defaults(config) -> dict[str, Any]:
-    """Parameters of the configured schedule (by its ``name``, else the space's default) left at their defaults."""
+def schedule_error(config) -> str | None:
+    """Why ``model.schedule`` cannot be built (a name or parameter its class refuses), else ``None``."""
     try:
-        schedule, space = config["model.schedule"] or {}, config["model.space"] or "smoothie"
+        schedule, space = config["model"]["schedule"], config["model"]["space"] or "smoothie"
     except (KeyError, TypeError):
-        return {}
-    cls = SCHEDULES.get(schedule.get("name")) if isinstance(schedule, dict) and "name" in schedule else None
-    cls = cls or getattr(SPACES.get(space), "default_schedule", None)
-    return {field.name: field.default for field in fields(cls)} if cls else {}
+        return None
+    if space not in SPACES:  # reported by the model.space rule
+        return None
+    try:
+        build_schedule(schedule, SPACES[space].default_schedule.name)
+    except ValueError as error:
+        return f"model.schedule = {schedule!r}: {error}"
+    return None
 
 
 def config_errors(config) -> list[str]:
     """``"key = value: allowed ..."`` for every option of ``config`` (a jsonargparse Namespace) that breaks a rule."""
 
     def lookup(key: str) -> Any:
-        """The value at a dotted key, also inside dict-typed options (e.g. ``model.schedule``),
-        whose command-line entries arrive as strings."""
         value = config
         for part in key.split("."):
-            if isinstance(value, dict) and part not in value and key.startswith("model.schedule."):
-                value = {**schedule_defaults(config), **value}
             try:
                 value = value[part]
             except (KeyError, TypeError):
                 return MISSING
-        if isinstance(value, str):
-            try:
-                return float(value)
-            except ValueError:
-                return value
         return value
 
     errors = []
@@ -144,4 +138,5 @@ def config_errors(config) -> list[str]:
             continue
         if not holds:
             errors.append(f"{key} = {value!r}: allowed {allowed.description}")
-    return errors
+    schedule = schedule_error(config)
+    return errors if schedule is None else [*errors, schedule]

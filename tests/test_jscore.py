@@ -13,6 +13,7 @@ from transformers import AutoModel, AutoModelForSequenceClassification, AutoToke
 from smoothie_pl.metrics import JScore, TextMetrics
 
 from .conftest import PAIRS, make_word_model
+from .test_module import pairs_data, tiny_module
 
 SOURCES = [source for source, _ in PAIRS]
 PREDICTIONS = [target for _, target in PAIRS[:-1]] + [""]  # an empty prediction too
@@ -200,3 +201,16 @@ def test_detoxification_set_tracks_jscore(models):
     alone.update(SOURCES, PREDICTIONS)
     for name, value in alone.compute().items():
         assert result[name] == pytest.approx(float(value), rel=1e-9)
+
+
+def test_smoothie_test_reports_jscore_from_metric_options(models, word_model, pairs_dir):
+    """`metric_options: {jscore: ...}` reaches the test metrics, and the sources reach JScore."""
+    import lightning as L
+
+    module = tiny_module(word_model, metric_set="detoxification", metric_options={"jscore": models})
+    trainer = L.Trainer(accelerator="cpu", limit_test_batches=1, logger=False, enable_progress_bar=False)
+    (results,) = trainer.test(module, datamodule=pairs_data(pairs_dir, word_model, batch_size=4))
+    assert module.test_metrics.tracked == "jscore"
+    assert {"test/jscore", "test/sta", "test/sim", "test/fl", "test/bleu"} <= set(results)
+    assert 0 < results["test/sim"] <= 1  # a cosine to the source: a missing source would have failed
+    assert results["test/jscore"] <= min(results["test/sta"], results["test/sim"], results["test/fl"])

@@ -40,8 +40,9 @@ class JScore(Metric):
       ``sentence-transformers/all-MiniLM-L6-v2``.
     - FL, fluency: 1 when ``fluency_classifier`` predicts the class named ``fluency_label``.
       ParaDetox uses Krishna et al.'s CoLA classifier,
-      ``cointegrated/roberta-large-cola-krishna2020``, whose acceptable class is index 0,
-      unnamed in its config (``"LABEL_0"``).
+      ``cointegrated/roberta-large-cola-krishna2020``, whose acceptable class is index 0
+      (ParaDetox's evaluation code); its config is believed to leave the classes unnamed,
+      hence the default ``"LABEL_0"``. Were that wrong, the missing name is an error.
 
     Labels are chosen by name, never by index; a missing name is an error that lists the
     model's labels. ``compute`` returns ``{"jscore", "sta", "sim", "fl"}``: J is the mean

@@ -165,7 +165,8 @@ def test_similarity_is_the_clipped_cosine_of_mean_pooled_states(hand_encoder, st
     predictions = ["love love love", "like", "hate", "love hate like"]
     # cos 1; (1,-1,0,0).(1,0,-1,0) / 2 = 1/2; -1 clipped to 0; a sum (1,0,-1,0) of all three against love: 1/2
     expected = [1.0, 0.5, 0.0, 0.5]
-    scores = JScore(style_model, hand_encoder, style_model, fluency_label="toxic", batch_size=4).sample_scores(sources, predictions)
+    metric = JScore(style_model, hand_encoder, style_model, fluency_label="toxic", batch_size=4)
+    scores = metric.sample_scores(sources, predictions)
     assert scores["sim"].tolist() == pytest.approx(expected, abs=1e-6)
 
 

@@ -66,15 +66,15 @@ class JScore(Metric):
         **kwargs,
     ) -> None:
         super().__init__(**kwargs)
+        kind = "sequence-classification model"
         self._style = LazyModel(
-            require_model(style_classifier, "style_classifier", "JScore", "sequence-classification model"), "classifier"
+            require_model(style_classifier, "style_classifier", "JScore", kind), head="classifier"
         )
         self._similarity = LazyModel(
-            require_model(similarity_model, "similarity_model", "JScore", "sentence encoder"), "encoder"
+            require_model(similarity_model, "similarity_model", "JScore", "sentence encoder"), head="encoder"
         )
         self._fluency = LazyModel(
-            require_model(fluency_classifier, "fluency_classifier", "JScore", "sequence-classification model"),
-            "classifier",
+            require_model(fluency_classifier, "fluency_classifier", "JScore", kind), head="classifier"
         )
         self.style_label = style_label
         self.fluency_label = fluency_label

@@ -3,6 +3,7 @@
 from .bertscore import BERTScoreF1
 from .bleu import CorpusBLEU, SacreBLEU
 from .diversity import Diversity, DistinctN, MeanLength, SelfBLEU
+from .jscore import JScore
 from .mauve import MAUVE
 from .mbr import mbr_select
 from .perplexity import Perplexity
@@ -15,6 +16,7 @@ __all__ = [
     "CorpusBLEU",
     "Diversity",
     "DistinctN",
+    "JScore",
     "MAUVE",
     "METRIC_SETS",
     "MeanLength",

@@ -13,25 +13,36 @@ def require_model(model: str | None, argument: str, metric: str, kind: str) -> s
     return model
 
 
+# The transformers Auto class that loads each kind of model a metric runs.
+HEADS = {
+    "encoder": "AutoModel",
+    "causal_lm": "AutoModelForCausalLM",
+    "classifier": "AutoModelForSequenceClassification",
+}
+
+
 class LazyModel:
     """A frozen tokenizer + model, loaded on first use and moved to the caller's device.
 
-    It is a plain object, not an ``nn.Module``, so the weights never join a
-    LightningModule's parameters, optimizer or checkpoint when a metric is an attribute.
+    ``head`` names the kind of model (a key of ``HEADS``). It is a plain object, not an
+    ``nn.Module``, so the weights never join a LightningModule's parameters, optimizer
+    or checkpoint when a metric is an attribute.
     """
 
-    def __init__(self, path: str, causal: bool) -> None:
+    def __init__(self, path: str, head: str) -> None:
+        if head not in HEADS:
+            raise ValueError(f"LazyModel head must be one of {sorted(HEADS)}, got {head!r}")
         self.path = path
-        self.causal = causal
+        self.head = head
         self._pair = None
 
     def get(self, device: torch.device):
         if self._pair is None:
-            from transformers import AutoModel, AutoModelForCausalLM, AutoTokenizer
+            import transformers
 
-            loader = AutoModelForCausalLM if self.causal else AutoModel
+            loader = getattr(transformers, HEADS[self.head])
             model = loader.from_pretrained(self.path).eval().requires_grad_(False)
-            self._pair = (AutoTokenizer.from_pretrained(self.path), model)
+            self._pair = (transformers.AutoTokenizer.from_pretrained(self.path), model)
         tokenizer, model = self._pair
         if model.device != device:
             model.to(device)
@@ -39,7 +50,7 @@ class LazyModel:
 
     def __getstate__(self):
         """Pickle (e.g. for DDP spawn) only the path; each process reloads the weights."""
-        return {"path": self.path, "causal": self.causal, "_pair": None}
+        return {"path": self.path, "head": self.head, "_pair": None}
 
 
 def causal_lm_batches(tokenizer, texts: list[str], max_length: int, batch_size: int, device: torch.device):

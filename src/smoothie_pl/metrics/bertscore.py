@@ -34,7 +34,7 @@ class BERTScoreF1(Metric):
         **kwargs,
     ) -> None:
         super().__init__(**kwargs)
-        self._lm = LazyModel(require_model(model, "model", "BERTScoreF1", "encoder model"), causal=False)
+        self._lm = LazyModel(require_model(model, "model", "BERTScoreF1", "encoder model"), head="encoder")
         self.num_layers = num_layers
         self.max_length = max_length
         self.batch_size = batch_size

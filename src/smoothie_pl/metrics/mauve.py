@@ -95,7 +95,7 @@ class MAUVE(Metric):
         **kwargs,
     ) -> None:
         super().__init__(**kwargs)
-        self._lm = LazyModel(require_model(model, "model", "MAUVE", "causal language model"), causal=True)
+        self._lm = LazyModel(require_model(model, "model", "MAUVE", "causal language model"), head="causal_lm")
         self.num_buckets = num_buckets
         self.explained_variance = explained_variance
         self.restarts = restarts

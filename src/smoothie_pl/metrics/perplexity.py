@@ -24,7 +24,7 @@ class Perplexity(Metric):
 
     def __init__(self, model: str | None = None, max_length: int = 1024, batch_size: int = 16, **kwargs) -> None:
         super().__init__(**kwargs)
-        self._lm = LazyModel(require_model(model, "model", "Perplexity", "causal language model"), causal=True)
+        self._lm = LazyModel(require_model(model, "model", "Perplexity", "causal language model"), head="causal_lm")
         self.max_length = max_length
         self.batch_size = batch_size
         self.add_state("nll_sum", default=torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")

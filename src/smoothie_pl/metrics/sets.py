@@ -10,6 +10,7 @@ from ._text import Tokenizer
 from .bertscore import BERTScoreF1
 from .bleu import CorpusBLEU, SacreBLEU
 from .diversity import DistinctN, Diversity
+from .jscore import JScore
 from .mauve import MAUVE
 from .perplexity import Perplexity
 from .rouge import ROUGE
@@ -23,18 +24,20 @@ METRIC_SETS: dict[str, tuple[str, ...]] = {
     "simplification": ("sari", "bleu", "bertscore", "rougeL"),
     "translation": ("sacrebleu", "bleu"),
     "unconditional": ("diversity", "mauve", "perplexity"),
-    # ParaDetox: the paper tracks J-score (style x similarity x fluency classifiers), not implemented here
-    "detoxification": ("bleu", "sacrebleu", "perplexity"),
+    "detoxification": ("jscore", "sta", "sim", "fl", "bleu", "sacrebleu", "perplexity"),
     "demo": ("sacrebleu", "bleu", "rougeL", "div4"),
 }
 _ROUGE_TYPES = ("rouge1", "rouge2", "rougeL")
+# Reported names computed by a metric of another name (one ROUGE or J-score pass gives them all).
+_METRIC_OF = {**dict.fromkeys(_ROUGE_TYPES, "rouge"), **dict.fromkeys(("sta", "sim", "fl"), "jscore")}
 
 
 class TextMetrics(torch.nn.Module):
     """The metrics of one task set, updated together and computed to ``{name: float}``.
 
     Model-based metrics run only when their model is given (``bertscore_model``: an
-    encoder; ``causal_lm``: for MAUVE and perplexity), otherwise they are skipped and the
+    encoder; ``causal_lm``: for MAUVE and perplexity; ``jscore``: the keyword arguments of
+    :class:`JScore`, its three models first), otherwise they are skipped and the
     reason is added to ``notes``. ``tracked`` is the first metric that remains, the one to
     monitor for checkpointing. ``bleu_tokenizer`` is passed to :class:`CorpusBLEU`.
     Being an ``nn.Module``, it moves with the LightningModule that owns it.
@@ -47,6 +50,7 @@ class TextMetrics(torch.nn.Module):
         bleu_tokenizer: Tokenizer | str | None = None,
         bertscore_model: str | None = None,
         causal_lm: str | None = None,
+        jscore: dict | None = None,
     ) -> None:
         super().__init__()
         if task not in METRIC_SETS:
@@ -55,15 +59,19 @@ class TextMetrics(torch.nn.Module):
             "bertscore": ("bertscore_model", bertscore_model),
             "mauve": ("causal_lm", causal_lm),
             "perplexity": ("causal_lm", causal_lm),
+            "jscore": ("jscore", jscore),
         }
-        self.notes: list[str] = []
         self.names: list[str] = []
+        skipped: dict[str, list[str]] = {}
         for name in METRIC_SETS[task]:
-            if name in models and not models[name][1]:
-                self.notes.append(f"{task}: skipped {name}, no `{models[name][0]}` given")
-                log.info(self.notes[-1])
+            key = _METRIC_OF.get(name, name)
+            if key in models and not models[key][1]:
+                skipped.setdefault(key, []).append(name)
             else:
                 self.names.append(name)
+        self.notes = [f"{task}: skipped {', '.join(names)}, no `{models[key][0]}` given" for key, names in skipped.items()]
+        for note in self.notes:
+            log.info(note)
         self.tracked = self.names[0]
         builders = {
             "bleu": lambda: CorpusBLEU(bleu_tokenizer),
@@ -76,8 +84,9 @@ class TextMetrics(torch.nn.Module):
             "diversity": Diversity,
             "mauve": lambda: MAUVE(causal_lm),
             "perplexity": lambda: Perplexity(causal_lm),
+            "jscore": lambda: JScore(**jscore),
         }
-        keys = dict.fromkeys("rouge" if name in _ROUGE_TYPES else name for name in self.names)
+        keys = dict.fromkeys(_METRIC_OF.get(name, name) for name in self.names)
         self.metrics = torch.nn.ModuleDict({key: builders[key]() for key in keys})
 
     def update(

@@ -11,6 +11,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch.nn.parallel import DistributedDataParallel
 
+from smoothie_pl.config_checks import config_errors
 from smoothie_pl.models import DenoiserConfig, UShapedDenoiser
 from smoothie_pl.module import SmoothieModule
 
@@ -20,9 +21,9 @@ from .test_module_options import record_denoiser_calls, train_batch
 DIM, LENGTH, SOURCE_LENGTH, WIDTH = 8, 5, 7, 16
 
 
-def denoiser(self_conditioning: bool, conditioning: str = "cross_attention", depth: int = 4) -> UShapedDenoiser:
+def denoiser(self_conditioning: bool, conditioning: str = "cross_attention") -> UShapedDenoiser:
     config = DenoiserConfig(
-        width=WIDTH, depth=depth, heads=2, dropout=0.0, conditioning=conditioning, self_conditioning=self_conditioning
+        width=WIDTH, depth=4, heads=2, dropout=0.0, conditioning=conditioning, self_conditioning=self_conditioning
     )
     return UShapedDenoiser(DIM, config, LENGTH, SOURCE_LENGTH)
 
@@ -51,10 +52,14 @@ def block_inputs(model: UShapedDenoiser, previous: torch.Tensor | None) -> list[
 
 
 def randomise_projections(model: UShapedDenoiser, only: int | None = None) -> None:
+    """Draw every block's self-conditioning projection (or only block ``only``'s, zeroing the others)."""
     with torch.no_grad():
         for i, projection in enumerate(model.self_conditioning.projections):
             for parameter in projection.parameters():
-                parameter.normal_() if only is None or i == only else parameter.zero_()
+                if only is None or i == only:
+                    parameter.normal_()
+                else:
+                    parameter.zero_()
 
 
 @pytest.mark.parametrize("conditioning", ["cross_attention", "concat"])
@@ -200,3 +205,5 @@ def test_a_checkpoint_of_the_old_single_projection_self_conditioning_is_refused_
 def test_self_conditioning_depth_must_be_positive():
     with pytest.raises(ValueError, match="denoiser.self_conditioning_depth must be positive, got 0"):
         DenoiserConfig(self_conditioning_depth=0)
+    config = {"model": {"denoiser": {"self_conditioning_depth": 0}}}
+    assert config_errors(config) == ["model.denoiser.self_conditioning_depth = 0: allowed >= 1"]

@@ -80,6 +80,7 @@ RULES: dict[str, Allowed] = {
     "model.denoiser.mlp_ratio": above(0),
     "model.denoiser.dropout": fraction(),
     "model.denoiser.encoder_depth": at_least(0),
+    "model.denoiser.self_conditioning_depth": at_least(1),
     "model.denoiser.source_encoder": one_of(("scratch", "pretrained", "none")),
     "data.init_args.batch_size": at_least(1),
     "data.init_args.eval_batch_size": at_least(1),

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from smoothie_pl.models.layers import BLOCK_STYLES, TimeEmbedding, final_norm, make_block
@@ -27,9 +28,10 @@ class DenoiserConfig:
     ``conditioning`` is how the denoiser reads the encoded source:
     ``"cross_attention"`` (every block, the paper's) or ``"concat"`` (self-
     attention over ``[target; source]`` with segment embeddings, output read
-    at the target positions). ``self_conditioning``
-    gives the denoiser a projection of a previous prediction of ``e0`` as an
-    extra input (zeros when there is none).
+    at the target positions). ``self_conditioning`` feeds a previous prediction
+    of ``e0`` back (METHOD section 4): a transformer of ``self_conditioning_depth``
+    blocks encodes it, and every denoiser block adds its own projection of the
+    encoding to its input (``SelfConditioning``).
     """
 
     width: int = 768
@@ -42,11 +44,12 @@ class DenoiserConfig:
     freeze_source_encoder: bool = False
     rope: bool = False
     self_conditioning: bool = False
+    self_conditioning_depth: int = 2
     block: str = "postln"
     conditioning: str = "cross_attention"
 
     def __post_init__(self) -> None:
-        for name in ("width", "depth", "heads"):
+        for name in ("width", "depth", "heads", "self_conditioning_depth"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"denoiser.{name} must be positive, got {getattr(self, name)}")
         if self.depth % 2:
@@ -70,23 +73,62 @@ class DenoiserConfig:
         )
 
 
-class SourceEncoder(nn.Module):
-    """Encodes source embeddings (already looked up in ``E``) with positions and blocks of the configured style."""
+class EmbeddingEncoder(nn.Module):
+    """Encodes a sequence of embeddings with learned positions and ``depth`` blocks of the configured style."""
 
-    def __init__(self, embedding_dim: int, width: int, config: DenoiserConfig, max_length: int) -> None:
+    def __init__(self, embedding_dim: int, width: int, config: DenoiserConfig, max_length: int, depth: int) -> None:
         super().__init__()
         self.input = nn.Linear(embedding_dim, width)
         self.positions = nn.Embedding(max_length, width)
         self.norm = nn.LayerNorm(width)
-        self.blocks = nn.ModuleList(config.make_block(cross_attention=False) for _ in range(config.encoder_depth))
+        self.blocks = nn.ModuleList(config.make_block(cross_attention=False) for _ in range(depth))
         self.final_norm = final_norm(config.block, width)
 
-    def forward(self, source_embeddings: torch.Tensor, source_mask: torch.Tensor) -> torch.Tensor:
-        positions = torch.arange(source_embeddings.shape[1], device=source_embeddings.device)
-        h = self.norm(self.input(source_embeddings) + self.positions(positions))
+    def forward(self, embeddings: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """``embeddings [B, L, d]`` and a key mask (True where real; ``None``: all) -> ``[B, L, width]``."""
+        positions = torch.arange(embeddings.shape[1], device=embeddings.device)
+        h = self.norm(self.input(embeddings) + self.positions(positions))
         for block in self.blocks:
-            h = block(h, source_mask)
+            h = block(h, mask)
         return self.final_norm(h)
+
+
+class SourceEncoder(EmbeddingEncoder):
+    """Encodes source embeddings (already looked up in ``E``) with ``encoder_depth`` blocks, as in the paper."""
+
+    def __init__(self, embedding_dim: int, width: int, config: DenoiserConfig, max_length: int) -> None:
+        super().__init__(embedding_dim, width, config, max_length, config.encoder_depth)
+
+
+class SelfConditioning(nn.Module):
+    """Turns a previous prediction of ``e0`` into one addition to each denoiser block's input (METHOD section 4).
+
+    A small transformer encodes the prediction; every block has its own
+    projection of the encoding. The projections start at zero, so switching
+    self-conditioning on starts from the same function as leaving it off, and
+    training learns how much of the previous prediction to use.
+    """
+
+    def __init__(self, embedding_dim: int, config: DenoiserConfig, max_length: int) -> None:
+        super().__init__()
+        self.encoder = EmbeddingEncoder(embedding_dim, config.width, config, max_length, config.self_conditioning_depth)
+        self.projections = nn.ModuleList(nn.Linear(config.width, config.width) for _ in range(config.depth))
+        for projection in self.projections:
+            nn.init.zeros_(projection.weight)
+            nn.init.zeros_(projection.bias)
+
+    def forward(self, previous: torch.Tensor) -> list[torch.Tensor]:
+        """``previous [B, L, d]`` -> one ``[B, L, width]`` addition per block."""
+        encoded = self.encoder(previous)
+        return [projection(encoded) for projection in self.projections]
+
+    def zero_with_every_parameter(self) -> torch.Tensor:
+        """A zero that depends on every parameter, added to the output when there is no previous prediction.
+
+        DDP (without ``find_unused_parameters``) fails when a training step leaves
+        a parameter out, and each rank draws its own first passes.
+        """
+        return sum(parameter.sum() for parameter in self.parameters()) * 0.0
 
 
 class PretrainedSourceEncoder(nn.Module):
@@ -118,11 +160,13 @@ class UShapedDenoiser(nn.Module):
 
     The first half of the blocks push their inputs on a stack; block ``half + i``
     adds the input of block ``half - 1 - i`` (long skips). Each block has its own
-    projection of the time embedding, added to the stream before the block.
-    The source is read by cross-attention in every block, or (``conditioning:
-    concat``) joined to the target as ``[target; source]`` with segment
-    embeddings; the target goes first so that its rotary positions do not
-    depend on how far the batch's sources are padded.
+    projection of the time embedding, added to the stream before the block,
+    and (``self_conditioning``) its own projection of the encoded previous
+    prediction, added at the target positions. The source is read by
+    cross-attention in every block, or (``conditioning: concat``) joined to
+    the target as ``[target; source]`` with segment embeddings; the target goes
+    first so that its rotary positions do not depend on how far the batch's
+    sources are padded.
     """
 
     def __init__(self, embedding_dim: int, config: DenoiserConfig, max_length: int, max_source_length: int) -> None:
@@ -130,7 +174,6 @@ class UShapedDenoiser(nn.Module):
         self.config = config
         width = config.width
         self.input = nn.Linear(embedding_dim, width)
-        self.previous_input = nn.Linear(embedding_dim, width) if config.self_conditioning else None
         self.positions = nn.Embedding(max_length, width)
         self.time_embedding = TimeEmbedding(width)
         self.time_projections = nn.ModuleList(nn.Linear(width, width) for _ in range(config.depth))
@@ -140,6 +183,10 @@ class UShapedDenoiser(nn.Module):
         self.blocks = nn.ModuleList(config.make_block(cross_attention) for _ in range(config.depth))
         self.final_norm = final_norm(config.block, width)
         self.output = nn.Linear(width, embedding_dim)
+        # Built last: switching it on leaves the initialisation of the rest of the denoiser (for a seed) unchanged.
+        self.self_conditioning = None
+        if config.self_conditioning:
+            self.self_conditioning = SelfConditioning(embedding_dim, config, max_length)
 
     @property
     def conditional(self) -> bool:
@@ -155,18 +202,18 @@ class UShapedDenoiser(nn.Module):
     ) -> torch.Tensor:
         """``x_t [B, L, d]``, ``t [B]``, encoded ``source [B, Ls, width]`` -> ``e0 [B, L, d]``.
 
-        ``previous`` is the self-conditioning input (a detached earlier prediction of ``e0``).
+        ``previous`` is the self-conditioning input (a detached earlier prediction of ``e0``);
+        without it (``None``) self-conditioning adds nothing and its encoder does not run.
         """
         if self.conditional and source is None:
             raise ValueError("this denoiser conditions on a source, but no source encoding was given")
         length = x_t.shape[1]
         h = self.input(x_t) + self.positions(torch.arange(length, device=x_t.device))
-        if self.previous_input is not None:
-            h = h + self.previous_input(torch.zeros_like(x_t) if previous is None else previous)
         padding_mask = None
         if self.concat:
             h, padding_mask = self._join_source(h, source, source_mask)
             source = source_mask = None
+        additions = self._self_conditioning_additions(previous, h.shape[1])
         time = self.time_embedding(t)
         half = len(self.blocks) // 2
         skips = []
@@ -175,8 +222,21 @@ class UShapedDenoiser(nn.Module):
                 skips.append(h)
             else:
                 h = h + skips.pop()
-            h = block(h + time_projection(time)[:, None], padding_mask, source, source_mask)
-        return self.output(self.final_norm(h[:, :length]))
+            block_input = h + time_projection(time)[:, None]
+            if additions is not None:
+                block_input = block_input + additions[i]
+            h = block(block_input, padding_mask, source, source_mask)
+        output = self.output(self.final_norm(h[:, :length]))
+        if self.self_conditioning is not None and previous is None and torch.is_grad_enabled():
+            output = output + self.self_conditioning.zero_with_every_parameter()
+        return output
+
+    def _self_conditioning_additions(self, previous: torch.Tensor | None, stream_length: int) -> list | None:
+        """Each block's addition from ``previous``, zero-padded from the target to the stream (``[target; source]``)."""
+        if self.self_conditioning is None or previous is None:
+            return None
+        padding = (0, 0, 0, stream_length - previous.shape[1])
+        return [F.pad(addition, padding) for addition in self.self_conditioning(previous)]
 
     def _join_source(
         self, target: torch.Tensor, source: torch.Tensor, source_mask: torch.Tensor | None

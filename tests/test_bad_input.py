@@ -4,6 +4,7 @@ import json
 import os
 import runpy
 import subprocess
+from dataclasses import replace
 
 import lightning as L
 import pytest
@@ -27,7 +28,7 @@ from smoothie_pl.module import SmoothieModule
 
 from .conftest import SPECIAL_TOKENS, make_word_model, pair_words
 from .test_cli import ROOT, SMOOTHIE, TINY
-from .test_module import tiny_module
+from .test_module import TINY, tiny_module
 
 GOOD = '{"src": "a", "trg": "b"}'
 
@@ -176,6 +177,25 @@ def test_data_vocabulary_other_than_the_checkpoints_is_refused_but_no_vocabulary
     unrestricted = tiny_module(word_model)
     unrestricted.on_load_checkpoint(checkpoint)
     assert unrestricted.vocabulary.tolist() == [0, 3, 6, 7]
+
+
+def test_checkpoint_of_another_architecture_is_refused_naming_weights_and_options(word_model):
+    # What a resume meets after the config changed between runs: not torch's strict-load traceback.
+    module = tiny_module(word_model)
+    checkpoint = {**saved_checkpoint(module), "hyper_parameters": dict(module.hparams)}
+    with pytest.raises(CheckpointMismatchError) as error:
+        tiny_module(word_model, denoiser=replace(TINY, self_conditioning=True)).on_load_checkpoint(checkpoint)
+    message = str(error.value)
+    assert "weights this model has and the checkpoint lacks: denoiser.self_conditioning.encoder.input.weight" in message
+    assert "model.denoiser.self_conditioning: checkpoint False, this run True" in message
+    assert "weights the checkpoint has and this model lacks" not in message
+
+    with pytest.raises(CheckpointMismatchError) as error:
+        tiny_module(word_model, denoiser=replace(TINY, width=96)).on_load_checkpoint(checkpoint)
+    message = str(error.value)
+    assert "weights of another shape (checkpoint vs this model): denoiser.input.weight (64, 16) vs (96, 16)" in message
+    assert "model.denoiser.width: checkpoint 64, this run 96" in message
+    assert "model.denoiser.depth" not in message  # only what differs
 
 
 def test_load_from_checkpoint_file_round_trips_and_checks(word_model, tmp_path):

@@ -23,6 +23,7 @@ import json
 import logging
 import os
 import re
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -137,6 +138,12 @@ def checkpoint(work: Path) -> str:
     return str(work / "trained" / "checkpoints" / "last.ckpt")
 
 
+def copy_into_run(checkpoint: str, run: Path) -> None:
+    """Make ``checkpoint`` the last.ckpt of ``run``, which ``fit`` then resumes from."""
+    (run / "checkpoints").mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(checkpoint, run / "checkpoints" / "last.ckpt")
+
+
 # ------------------------------------------------------------------ the corpus
 def cases(work: Path) -> list[Case]:
     data = work / "data"
@@ -144,6 +151,7 @@ def cases(work: Path) -> list[Case]:
     predict = ["predict", *base_args(work)]
     train = data / "train.jsonl"
     ckpt = checkpoint(work)
+    widened = "run resumed after its denoiser was widened"
 
     def bad_train(*lines: bytes) -> Callable[[Path], None]:
         return lambda _: write_pairs(train, SENTENCES, lines)
@@ -277,6 +285,13 @@ def cases(work: Path) -> list[Case]:
             ["non-finite", "at step", "batch index", "Last good checkpoint"],
         ),
         Case("resuming fit from a non-checkpoint", [*fit, "--ckpt_path", str(work / "text.ckpt")], 1, ["text.ckpt"]),
+        Case(
+            widened,  # resumed from its own last.ckpt: --ckpt_path would take the checkpoint's options instead
+            [*fit, "--model.denoiser.width", "48"],
+            1,
+            ["trained with another architecture", "(32, ", "model.denoiser.width: checkpoint 32, this run 48"],
+            lambda _: copy_into_run(ckpt, run_dir(work, widened)),
+        ),
     ]
     return data_cases + config_cases + checkpoint_cases
 

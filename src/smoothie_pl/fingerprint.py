@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import zipfile
+from collections.abc import Container, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,7 @@ from smoothie_pl.errors import CheckpointError, CheckpointMismatchError
 CHECKPOINT_KEY = "smoothie_fingerprint"
 DIGEST_CHARS = 16
 SHOWN_TOKENS = 5
+SHOWN_KEYS = 5
 # ``--ckpt_path`` values Lightning resolves itself.
 CHECKPOINT_ALIASES = ("best", "last", "hpc", "registry")
 
@@ -107,6 +109,67 @@ def check_compatible(
         raise CheckpointMismatchError(
             f"checkpoint {checkpoint} does not fit this run:\n  " + "\n  ".join(problems)
         )
+
+
+def _listed(keys: list[str]) -> str:
+    return ", ".join(keys[:SHOWN_KEYS]) + (f", ... ({len(keys)} in all)" if len(keys) > SHOWN_KEYS else "")
+
+
+def check_weights_fit(
+    saved_state: Mapping[str, torch.Tensor],
+    current_state: Mapping[str, torch.Tensor],
+    saved_options: Mapping[str, Any],
+    current_options: Mapping[str, Any],
+    checkpoint: str,
+    skip: Container[str] = (),
+) -> None:
+    """Raise ``CheckpointMismatchError`` unless ``saved_state`` loads strictly into ``current_state``.
+
+    A config changed between a run and its resume (another denoiser size, self-
+    conditioning switched on) otherwise ends in torch's strict-load traceback. The
+    message lists the keys that do not fit and the architecture options
+    (``model.denoiser.*``, ``model.space``, ...) on both sides. ``skip``: keys another
+    check owns (the embedding matrix, the diffusion vocabulary).
+    """
+    missing = [key for key in current_state if key not in saved_state and key not in skip]
+    unexpected = [key for key in saved_state if key not in current_state and key not in skip]
+    reshaped = [
+        f"{key} {tuple(saved_state[key].shape)} vs {tuple(current_state[key].shape)}"
+        for key in current_state
+        if key in saved_state and key not in skip and saved_state[key].shape != current_state[key].shape
+    ]
+    problems = [
+        f"{what}: {_listed(keys)}"
+        for what, keys in (
+            ("weights this model has and the checkpoint lacks", missing),
+            ("weights the checkpoint has and this model lacks", unexpected),
+            ("weights of another shape (checkpoint vs this model)", reshaped),
+        )
+        if keys
+    ]
+    if not problems:
+        return
+    differences = [
+        f"model.{key}: checkpoint {saved!r}, this run {current!r}"
+        for key, saved, current in _option_differences(saved_options, current_options)
+    ]
+    problems.append(
+        "options that differ: " + "; ".join(differences) if differences else "no recorded architecture option differs"
+    )
+    raise CheckpointMismatchError(
+        f"checkpoint {checkpoint} was trained with another architecture (use its options, or a new run directory):"
+        + "".join(f"\n  {problem}" for problem in problems)
+    )
+
+
+def _option_differences(saved: Mapping[str, Any], current: Mapping[str, Any], prefix: str = ""):
+    """``(dotted key, saved, current)`` for each option that differs, nested mappings flattened."""
+    for key in sorted(set(saved) | set(current)):
+        old, new = saved.get(key), current.get(key)
+        if isinstance(old, Mapping) and isinstance(new, Mapping):
+            yield from _option_differences(old, new, f"{prefix}{key}.")
+        elif old != new:
+            yield f"{prefix}{key}", old, new
 
 
 def vocabulary_mismatch(

@@ -13,13 +13,23 @@ from smoothie_pl.diffusion import SPACES, Schedule, build_sampler, build_schedul
 from smoothie_pl.diffusion.embedding_losses import decoding_cross_entropy, prior_matching_loss
 from smoothie_pl.embeddings import PACKAGED_MODEL, load_embedding_matrix, load_tokenizer, resolve_embedding_source
 from smoothie_pl.errors import CheckpointMismatchError
-from smoothie_pl.fingerprint import CHECKPOINT_KEY, check_compatible, fingerprint, vocabulary_mismatch
+from smoothie_pl.fingerprint import (
+    CHECKPOINT_KEY,
+    check_compatible,
+    check_weights_fit,
+    fingerprint,
+    vocabulary_mismatch,
+)
 from smoothie_pl.metrics import SacreBLEU, TextMetrics, mbr_select
 from smoothie_pl.models import DenoiserConfig, NullSource, PretrainedSourceEncoder, SourceEncoder, UShapedDenoiser
 from smoothie_pl.text import ids_to_text, recase_from_source
 
 T_TRAIN_MIN = 1e-5
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+# Hyperparameters that decide which weights exist and their shapes: named when a checkpoint's weights do not fit.
+ARCHITECTURE_OPTIONS = ("denoiser", "space", "token_head", "cfg_dropout", "source_embedding", "train_embeddings")
+# State entries a loaded checkpoint is compared on by their own checks (fingerprint, vocabulary).
+CHECKED_SEPARATELY = ("embedding_matrix", "vocabulary")
 
 
 def _as(cls, value):
@@ -527,7 +537,7 @@ class SmoothieModule(L.LightningModule):
         checkpoint[CHECKPOINT_KEY] = self.fingerprint()
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
-        """Refuse a checkpoint of another embedding, tokenizer or shape; take its vocabulary unless the data gave one."""
+        """Refuse a checkpoint of another embedding, tokenizer or architecture; take its vocabulary unless the data gave one."""
         state = checkpoint["state_dict"]
         matrix = state.get("embedding_matrix")
         name = getattr(self._trainer, "ckpt_path", None) or "being loaded"
@@ -538,6 +548,15 @@ class SmoothieModule(L.LightningModule):
                 f"checkpoint embedding matrix has shape {tuple(matrix.shape)} but this model's "
                 f"({self.hparams.embedding or 'packaged MiniLM'}) has {tuple(self.embedding_matrix.shape)}"
             )
+        saved_options = checkpoint.get("hyper_parameters", {})
+        check_weights_fit(
+            state,
+            self.state_dict(),
+            {key: saved_options.get(key) for key in ARCHITECTURE_OPTIONS},
+            {key: self.hparams.get(key) for key in ARCHITECTURE_OPTIONS},
+            name,
+            skip=CHECKED_SEPARATELY,
+        )
         if "vocabulary" in state and not torch.equal(state["vocabulary"].cpu(), self.vocabulary.cpu()):
             if self.vocabulary_requested:
                 raise vocabulary_mismatch(state["vocabulary"].cpu(), self.vocabulary.cpu(), self.tokenizer, name)

@@ -28,7 +28,8 @@ from smoothie_pl.module import SmoothieModule
 
 from .conftest import SPECIAL_TOKENS, make_word_model, pair_words
 from .test_cli import ROOT, SMOOTHIE, TINY
-from .test_module import TINY, tiny_module
+from .test_module import TINY as TINY_DENOISER
+from .test_module import tiny_module
 
 GOOD = '{"src": "a", "trg": "b"}'
 
@@ -184,14 +185,14 @@ def test_checkpoint_of_another_architecture_is_refused_naming_weights_and_option
     module = tiny_module(word_model)
     checkpoint = {**saved_checkpoint(module), "hyper_parameters": dict(module.hparams)}
     with pytest.raises(CheckpointMismatchError) as error:
-        tiny_module(word_model, denoiser=replace(TINY, self_conditioning=True)).on_load_checkpoint(checkpoint)
+        tiny_module(word_model, denoiser=replace(TINY_DENOISER, self_conditioning=True)).on_load_checkpoint(checkpoint)
     message = str(error.value)
     assert "weights this model has and the checkpoint lacks: denoiser.self_conditioning.encoder.input.weight" in message
     assert "model.denoiser.self_conditioning: checkpoint False, this run True" in message
     assert "weights the checkpoint has and this model lacks" not in message
 
     with pytest.raises(CheckpointMismatchError) as error:
-        tiny_module(word_model, denoiser=replace(TINY, width=96)).on_load_checkpoint(checkpoint)
+        tiny_module(word_model, denoiser=replace(TINY_DENOISER, width=96)).on_load_checkpoint(checkpoint)
     message = str(error.value)
     assert "weights of another shape (checkpoint vs this model): denoiser.input.weight (64, 16) vs (96, 16)" in message
     assert "model.denoiser.width: checkpoint 64, this run 96" in message

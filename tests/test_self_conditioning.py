@@ -12,6 +12,7 @@ import torch.multiprocessing as mp
 from torch.nn.parallel import DistributedDataParallel
 
 from smoothie_pl.config_checks import config_errors
+from smoothie_pl.errors import CheckpointMismatchError
 from smoothie_pl.models import DenoiserConfig, UShapedDenoiser
 from smoothie_pl.module import SmoothieModule
 
@@ -195,11 +196,11 @@ def test_a_checkpoint_of_the_old_single_projection_self_conditioning_is_refused_
     state["denoiser.previous_input.weight"] = torch.zeros(TINY.width, module.embedding_matrix.shape[1])
     state["denoiser.previous_input.bias"] = torch.zeros(TINY.width)
     torch.save(checkpoint, path)
-    with pytest.raises(RuntimeError) as error:
+    with pytest.raises(CheckpointMismatchError) as error:
         SmoothieModule.load_from_checkpoint(path)
     message = str(error.value)
-    assert 'Missing key(s) in state_dict: "denoiser.self_conditioning.encoder.input.weight"' in message
-    assert 'Unexpected key(s) in state_dict: "denoiser.previous_input.weight"' in message
+    assert "the checkpoint lacks: denoiser.self_conditioning.encoder.input.weight," in message
+    assert "this model lacks: denoiser.previous_input.weight, denoiser.previous_input.bias" in message
 
 
 def test_self_conditioning_depth_must_be_positive():

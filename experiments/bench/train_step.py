@@ -4,8 +4,9 @@
     python experiments/bench/train_step.py --tiny   # smoke run
 
 Variants of the same module: the library's streaming vocabulary operation vs
-the literal formula swapped in (``vocab_attention="literal"``), and fp32 vs
-bf16 autocast (the vocabulary matmuls follow: fp32 or bf16). Achieved FLOP/s
+the literal formula swapped in (``vocab_attention="literal"``), fp32 vs
+bf16 autocast (the vocabulary matmuls follow: fp32 or bf16), and eager vs
+``compile_denoiser`` (its compilation is in the untimed first step, reported). Achieved FLOP/s
 counts the step's matmuls (``torch.utils.flop_counter``) and is compared with
 a large matmul timed in the same process: the distance to the physical limit.
 """
@@ -38,6 +39,7 @@ def build(case: dict):
         target_length=case["length"], source_length=case["length"], denoiser=DenoiserConfig(**case["denoiser"]),
         vocabulary=list(range(min(case["vocab"], 30522))), vocab_attention=case["impl"],
         vocab_dtype="bfloat16" if bf16 else "float32", warmup_steps=0, lr=1e-3,
+        compile_denoiser=case.get("compile", False),
     )
     if case["vocab"] > module.embedding_matrix.shape[0]:  # a synthetic vocabulary larger than MiniLM's
         module.embedding_matrix = torch.randn(case["vocab"], module.embedding_matrix.shape[1])
@@ -93,7 +95,8 @@ def measure_one(case: dict) -> dict:
     bf16 = case["precision"] == "bf16"
     if case.get("curve"):
         return {"losses": [training_step(module, optimizer, next(data), generator, bf16) for _ in range(case["steps"])]}
-    training_step(module, optimizer, next(data), generator, bf16)  # warm-up: optimizer state, allocator
+    # Warm-up: optimizer state, allocator, and the compilation of a compiled denoiser.
+    first_step = harness.timed(lambda: training_step(module, optimizer, next(data), generator, bf16))
     steps = [next(data) for _ in range(case["steps"])]
     with harness.PeakMemory() as memory:
         seconds = harness.timed(lambda: [training_step(module, optimizer, b, generator, bf16) for b in steps])
@@ -102,7 +105,8 @@ def measure_one(case: dict) -> dict:
     tokens = case["batch"] * case["length"] * case["steps"]
     flops = counter.get_total_flops() * case["steps"]
     return {
-        "seconds": seconds, "tokens_per_s": tokens / seconds, "extra_bytes": memory.extra_bytes,
+        "seconds": seconds, "first_step_seconds": first_step, "tokens_per_s": tokens / seconds,
+        "extra_bytes": memory.extra_bytes,
         "flops_per_s": flops / seconds, "peak_flops_per_s": matmul_peak("bfloat16" if bf16 else "float32"),
     }
 
@@ -120,6 +124,8 @@ def speed_cases(tiny: bool) -> list[tuple[str, dict, list[dict]]]:
     return [
         ("library vs literal, demo model", {**demo, "precision": "bf16"}, impls),
         ("fp32 vs bf16 autocast, demo model", {**demo, "impl": "streaming"}, precisions),
+        ("eager vs torch.compile, demo model", {**demo, "precision": "bf16", "impl": "streaming"},
+         [{"compile": False}, {"compile": True}]),
         ("library vs literal, paper-size model", {**paper, "precision": "bf16"}, impls),
         ("V = 131,072, 8,192 positions", big_vocab, [{}]),
     ]
@@ -143,12 +149,13 @@ def run(args) -> tuple[str, dict]:
         base = measured[0].get("tokens_per_s")
         for record in measured:
             rows.append([
-                title, record.get("impl"), record.get("precision"), f"{record['vocab']:,}",
+                title, record.get("impl") + (" + compile" if record.get("compile") else ""), record.get("precision"),
+                f"{record['vocab']:,}",
                 f"{record['batch']}x{record['length']}",
                 f"{record.get('tokens_per_s', float('nan')):,.0f}", harness.ratio(record.get("tokens_per_s"), base),
                 harness.gib(record.get("extra_bytes")),
                 f"{record.get('flops_per_s', 0) / 1e9:.0f} / {record.get('peak_flops_per_s', 0) / 1e9:.0f}",
-                record.get("error", ""),
+                record.get("error") or compile_note(record),
             ])
     headers = ["comparison", "vocab op", "precision", "V", "batch x L", "tokens/s", "speed-up over the first row",
                "extra GiB", "GFLOP/s achieved / matmul peak", "note"]
@@ -159,6 +166,12 @@ def run(args) -> tuple[str, dict]:
         ["precision", "seed", "first loss", "mean of last 10", "min"], curve_rows
     )
     return table, {"records": records, "curves": curves}
+
+
+def compile_note(record: dict) -> str:
+    if not record.get("compile") or "first_step_seconds" not in record:
+        return ""
+    return f"first step {record['first_step_seconds']:.0f} s (compiling)"
 
 
 def summarise_curve(curve: dict) -> list[str]:

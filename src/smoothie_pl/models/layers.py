@@ -26,7 +26,9 @@ def rotary_tables(length: int, half: int, device: torch.device, dtype: torch.dty
 def rotate(x: torch.Tensor) -> torch.Tensor:
     """Rotary position embedding of ``x [B, heads, length, head_dim]`` by position along ``length``."""
     half = x.shape[-1] // 2
-    cos, sin = rotary_tables(x.shape[-2], half, x.device, x.dtype)
+    # Under torch.compile the tables are traced (and folded into constants) instead of cached.
+    tables = rotary_tables.__wrapped__ if torch.compiler.is_compiling() else rotary_tables
+    cos, sin = tables(x.shape[-2], half, x.device, x.dtype)
     first, second = x[..., :half], x[..., half : 2 * half]
     rotated = torch.cat([first * cos - second * sin, first * sin + second * cos], dim=-1)
     return torch.cat([rotated, x[..., 2 * half :]], dim=-1)

@@ -1,6 +1,6 @@
 """Every benchmark, one after the other, and one markdown file of README-ready tables.
 
-    PYTHONPATH=src python experiments/bench/run_all.py            # the full tables (about 25 minutes on 2 quiet cores)
+    PYTHONPATH=src python experiments/bench/run_all.py            # the full tables (about 30 minutes on 2 quiet cores)
     PYTHONPATH=src python experiments/bench/run_all.py --tiny     # smoke run
 
 Writes experiments/bench/results/{vocab_op,train_step,sampling,scaling}.{json,md},

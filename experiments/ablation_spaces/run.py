@@ -7,7 +7,7 @@ SacreBLEU on the first ``--eval-size`` pairs, the same sampling seed, at every
 ``--sampling-steps`` and ``--noise-scales``. Writes ``results.md`` (a markdown
 table), ``results.json`` and ``sacrebleu_vs_steps.png`` into ``--out``.
 
-    python experiments/ablation_spaces/run.py --steps 200 --out runs/ablation_spaces
+    python experiments/ablation_spaces/run.py --steps 800 --out runs/ablation_spaces
 
 Any other ``--key=value`` argument is passed to every run's ``smoothie`` CLI.
 """
@@ -30,7 +30,7 @@ SPACES = ("smoothie", "gaussian", "simplex")
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--config", action="append", type=Path, help="base yaml(s); default demo.yaml + budget.yaml")
-    parser.add_argument("--steps", type=int, default=200, help="training steps per space")
+    parser.add_argument("--steps", type=int, default=800, help="training steps per space")
     parser.add_argument("--spaces", nargs="+", default=list(SPACES), choices=SPACES)
     parser.add_argument("--sampling-steps", nargs="+", type=int, default=[1, 5, 20])
     parser.add_argument("--noise-scales", nargs="+", type=float, default=[0.5, 1.0])

@@ -62,7 +62,9 @@ class PeakMemory:
         return self
 
     def __exit__(self, *exc) -> None:
-        self.extra_bytes = peak_rss() - self.start
+        # The kernel syncs its per-thread RSS counters lazily, so a block that allocates
+        # nothing can read a few pages below its start: that is zero extra memory.
+        self.extra_bytes = max(0, peak_rss() - self.start)
 
 
 def load_vocab_attention():

@@ -53,6 +53,11 @@ class LazyModel:
         return {"path": self.path, "head": self.head, "_pair": None}
 
 
+def batched(items: list, size: int) -> list[list]:
+    """``items`` cut into consecutive lists of ``size`` (the last may be shorter): how model metrics batch texts."""
+    return [items[start : start + size] for start in range(0, len(items), size)]
+
+
 def causal_lm_batches(tokenizer, texts: list[str], max_length: int, batch_size: int, device: torch.device):
     """Yield right-padded ``(input_ids, attention_mask)`` batches for a causal LM.
 
@@ -61,8 +66,7 @@ def causal_lm_batches(tokenizer, texts: list[str], max_length: int, batch_size: 
     """
     bos = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
     encoded = [(bos + tokenizer(text, add_special_tokens=False)["input_ids"])[:max_length] for text in texts]
-    for start in range(0, len(encoded), batch_size):
-        chunk = encoded[start : start + batch_size]
+    for chunk in batched(encoded, batch_size):
         width = max(1, max(len(ids) for ids in chunk))
         input_ids = torch.zeros(len(chunk), width, dtype=torch.long)
         attention_mask = torch.zeros(len(chunk), width, dtype=torch.long)

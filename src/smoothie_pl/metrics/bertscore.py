@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torchmetrics import Metric
 
-from ._hf import LazyModel, require_model
+from ._hf import LazyModel, batched, require_model
 from ._text import check_lengths, reference_lists
 
 
@@ -78,8 +78,7 @@ class BERTScoreF1(Metric):
             pairs += [(prediction, ref) for ref in refs]
         if not pairs:
             return
-        chunks = [pairs[start : start + self.batch_size] for start in range(0, len(pairs), self.batch_size)]
-        scores = torch.cat([self._pair_f1(*map(list, zip(*chunk))) for chunk in chunks])
+        scores = torch.cat([self._pair_f1(*map(list, zip(*chunk))) for chunk in batched(pairs, self.batch_size)])
         best = torch.full((len(predictions),), -1.0, device=scores.device)
         best = best.scatter_reduce(0, torch.tensor(owners, device=scores.device), scores, reduce="amax")
         self.f1_sum += best.double().sum()

@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torchmetrics import Metric
 
-from ._hf import LazyModel, require_model
+from ._hf import LazyModel, batched, require_model
 from ._text import check_lengths
 
 SCORES = ("jscore", "sta", "sim", "fl")
@@ -84,9 +84,6 @@ class JScore(Metric):
             self.add_state(f"{name}_sum", default=torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
         self.add_state("count", default=torch.tensor(0), dist_reduce_fx="sum")
 
-    def _chunks(self, texts: list[str]) -> list[list[str]]:
-        return [texts[start : start + self.batch_size] for start in range(0, len(texts), self.batch_size)]
-
     def _encode(self, tokenizer, texts: list[str]):
         return tokenizer(
             texts, padding=True, truncation=True, max_length=self.max_length, return_tensors="pt"
@@ -96,14 +93,16 @@ class JScore(Metric):
         """1.0 where the classifier's most probable class is ``label``, else 0.0."""
         tokenizer, model = classifier.get(self.device)
         wanted = label_index(model.config, label, classifier.path)
-        chosen = [model(**self._encode(tokenizer, chunk)).logits.argmax(dim=-1) for chunk in self._chunks(texts)]
+        chosen = [
+            model(**self._encode(tokenizer, chunk)).logits.argmax(dim=-1) for chunk in batched(texts, self.batch_size)
+        ]
         return (torch.cat(chosen) == wanted).double()
 
     def _embed(self, texts: list[str]) -> torch.Tensor:
         """Mean of the last hidden state over each text's real tokens [B, D]."""
         tokenizer, model = self._similarity.get(self.device)
         pooled = []
-        for chunk in self._chunks(texts):
+        for chunk in batched(texts, self.batch_size):
             batch = self._encode(tokenizer, chunk)
             hidden = model(**batch).last_hidden_state.float()
             mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)

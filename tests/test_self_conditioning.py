@@ -167,7 +167,11 @@ def _train_under_ddp(rank: int, port: int) -> None:
             optimiser.zero_grad()
             parallel(**inputs(step), previous=previous).pow(2).mean().backward()
             optimiser.step()
+        dist.barrier()
     finally:
+        # The DDP reducer goes while the process group lives: freed after it (at return), its
+        # destructor joins gloo's worker thread holding the GIL, which that thread may need (hung in CI).
+        del parallel, optimiser
         dist.destroy_process_group()
 
 

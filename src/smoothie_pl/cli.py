@@ -8,13 +8,14 @@ from pathlib import Path
 
 from lightning.pytorch.callbacks import ModelCheckpoint, ProgressBar, RichProgressBar
 from lightning.pytorch.cli import LightningCLI
-from lightning.pytorch.utilities import rank_zero_info
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
 from smoothie_pl.callbacks import JsonlPredictionWriter, NonFiniteGuard, SmoothieEMA
 from smoothie_pl.config_checks import config_errors
 from smoothie_pl.data import Seq2SeqDataModule
 from smoothie_pl.errors import ConfigError, SmoothieError
 from smoothie_pl.fingerprint import check_checkpoint_file
+from smoothie_pl import hardware
 from smoothie_pl.module import SmoothieModule
 
 
@@ -72,6 +73,7 @@ class SmoothieCLI(LightningCLI):
         errors = config_errors(self.config[subcommand] if subcommand else self.config)
         if errors:
             raise ConfigError("impossible configuration values:\n  " + "\n  ".join(errors))
+        choose_precision(self.config[subcommand] if subcommand else self.config)
 
     def instantiate_trainer(self, **kwargs):
         """Use a Rich progress bar unless the config disables progress bars or brings its own."""
@@ -95,6 +97,24 @@ class SmoothieCLI(LightningCLI):
             if resume is not None:
                 rank_zero_info(f"resuming from {resume}")
                 config["ckpt_path"] = str(resume)
+
+
+def choose_precision(config) -> None:
+    """Fill in ``trainer.precision`` when the config leaves it out: bf16-mixed only where bfloat16 is native.
+
+    An explicit bf16 on hardware that only emulates it is kept, with a warning:
+    it runs, tens of times slower than float32.
+    """
+    accelerator = str(config.get("trainer.accelerator") or "auto")
+    device_type = {"auto": hardware.default_device_type(), "gpu": "cuda"}.get(accelerator, accelerator)
+    precision = config.get("trainer.precision")
+    if precision is None:
+        config["trainer.precision"] = hardware.fastest_precision(device_type)
+        rank_zero_info(f"smoothie: precision {config['trainer.precision']} (bfloat16 is "
+                       f"{'native' if hardware.native_bfloat16(device_type) else 'not native'} on this {device_type})")
+    elif "bf16" in str(precision) and device_type in ("cpu", "cuda") and not hardware.native_bfloat16(device_type):
+        rank_zero_warn(f"trainer.precision {precision}: this {device_type} has no native bfloat16, so its "
+                       "matmuls are emulated and far slower than 32-true; leave precision out to choose automatically")
 
 
 def newest_checkpoint(trainer) -> Path | None:

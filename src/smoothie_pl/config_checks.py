@@ -17,7 +17,7 @@ from typing import Any
 from smoothie_pl.diffusion import SPACES, build_schedule
 from smoothie_pl.diffusion.samplers import SAMPLERS
 from smoothie_pl.metrics import METRIC_SETS
-from smoothie_pl.module import DTYPES
+from smoothie_pl.module import VOCAB_DTYPES
 
 
 @dataclass(frozen=True)
@@ -67,7 +67,8 @@ RULES: dict[str, Allowed] = {
     "model.warmup_steps": at_least(0),
     "model.warmup_start_lr": at_least(0),
     "model.vocab_chunk_size": at_least(1),
-    "model.vocab_dtype": one_of(DTYPES),
+    "model.vocab_dtype": one_of(VOCAB_DTYPES),
+    "model.decoding_loss_weight": at_least(0),
     "model.metric_set": one_of(METRIC_SETS),
     "model.mbr_candidates": at_least(1),
     "model.mbr_utility": one_of(("bleu", "rougeL")),

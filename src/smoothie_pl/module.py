@@ -13,6 +13,7 @@ from smoothie_pl.diffusion import SPACES, Schedule, build_sampler, build_schedul
 from smoothie_pl.diffusion.embedding_losses import decoding_cross_entropy, prior_matching_loss
 from smoothie_pl.embeddings import PACKAGED_MODEL, load_embedding_matrix, load_tokenizer, resolve_embedding_source
 from smoothie_pl.errors import CheckpointMismatchError
+from smoothie_pl import hardware
 from smoothie_pl.fingerprint import (
     CHECKPOINT_KEY,
     check_compatible,
@@ -26,6 +27,12 @@ from smoothie_pl.text import ids_to_text, recase_from_source
 
 T_TRAIN_MIN = 1e-5
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+VOCAB_DTYPES = (*DTYPES, "auto")
+
+
+def vocab_compute_dtype(name: str) -> torch.dtype:
+    """The dtype of the vocabulary matmuls; ``"auto"`` is bfloat16 where this machine computes it natively."""
+    return DTYPES[hardware.fastest_vocab_dtype(hardware.default_device_type()) if name == "auto" else name]
 # Hyperparameters that decide which weights exist and their shapes: named when a checkpoint's weights do not fit.
 ARCHITECTURE_OPTIONS = ("denoiser", "space", "token_head", "cfg_dropout", "source_embedding", "train_embeddings")
 # State entries a loaded checkpoint is compared on by their own checks (fingerprint, vocabulary).
@@ -86,6 +93,10 @@ class SmoothieModule(L.LightningModule):
             decoding losses of METHOD section 4 added to the x0 loss (off: ``E`` is
             a frozen buffer).
         masked_loss: average the losses over real target tokens only, not padding.
+        decoding_loss_weight: weight of a cross-entropy of the prediction's own
+            distances ``D0(e0_hat)`` against the true token, added to the x0 loss
+            (0: the paper's objective). It sharpens blurred predictions, which
+            nearest-embedding decoding would turn into frequent short words.
         cfg_dropout: probability of replacing a training example's source by a
             learned null source (classifier-free guidance).
         guidance_weight: ``w`` in ``e0 = e0_c + w (e0_c - e0_u)`` at sampling; 0 is
@@ -114,7 +125,8 @@ class SmoothieModule(L.LightningModule):
             undertrained models, less littered with frequent words).
         vocab_chunk_size, vocab_dtype: chunk of vocabulary rows per streaming
             step and the dtype of its matmuls (``"bfloat16"`` is 3-5x faster on
-            CPUs with AMX/AVX512-BF16 and on GPUs).
+            CPUs with AMX/AVX512-BF16 and on GPUs, and far slower on CPUs without;
+            ``"auto"`` takes bfloat16 only where it is native, ``smoothie_pl.hardware``).
         vocab_attention: ``"streaming"`` (never holds ``[B, L, V]``), ``"literal"``,
             the reference code's materialised formula (a baseline), or ``"fused"``,
             one Triton kernel with in-kernel Philox noise (CUDA, needs triton).
@@ -141,6 +153,7 @@ class SmoothieModule(L.LightningModule):
         per_feature_standardisation: bool = False,
         train_embeddings: bool = False,
         masked_loss: bool = False,
+        decoding_loss_weight: float = 0.0,
         cfg_dropout: float = 0.0,
         guidance_weight: float = 0.0,
         clamp: bool = False,
@@ -188,8 +201,8 @@ class SmoothieModule(L.LightningModule):
             raise ValueError(f"target_length and source_length must be positive, got {target_length}, {source_length}")
         if mbr_candidates < 1:
             raise ValueError(f"mbr_candidates must be at least 1, got {mbr_candidates}")
-        if vocab_dtype not in DTYPES:
-            raise ValueError(f"vocab_dtype must be one of {sorted(DTYPES)}, got {vocab_dtype!r}")
+        if vocab_dtype not in VOCAB_DTYPES:
+            raise ValueError(f"vocab_dtype must be one of {sorted(VOCAB_DTYPES)}, got {vocab_dtype!r}")
         _check_guidance(cfg_dropout, guidance_weight, denoiser)
         self.save_hyperparameters(ignore=["vocabulary", "denoiser", "schedule"])
         self.save_hyperparameters({"denoiser": asdict(denoiser), "schedule": schedule.to_dict()})
@@ -246,7 +259,7 @@ class SmoothieModule(L.LightningModule):
             self.embedding_matrix.detach()[vocabulary],
             build_schedule(hp.schedule, "arctan"),
             chunk_size=hp.vocab_chunk_size,
-            compute_dtype=DTYPES[hp.vocab_dtype],
+            compute_dtype=vocab_compute_dtype(hp.vocab_dtype),
             **options,
         )
 
@@ -290,6 +303,10 @@ class SmoothieModule(L.LightningModule):
         loss = _average((predicted.float() - clean).pow(2).mean(-1), counted)
         if self.hparams.train_embeddings:
             loss = loss + self.embedding_losses(clean, batch["target_ids"], counted, generator)
+        if self.hparams.get("decoding_loss_weight", 0.0):
+            loss = loss + self.hparams.decoding_loss_weight * self.prediction_decoding_loss(
+                predicted, batch["target_ids"], counted
+            )
         token_loss = self.space.token_loss(predicted.float(), clean)
         return loss if token_loss is None else loss + token_loss
 
@@ -307,12 +324,11 @@ class SmoothieModule(L.LightningModule):
         """
         schedule, sigma0 = self.space.schedule, self.space.sigma0
         vocab = self.embedding_matrix[self.vocabulary]
-        flat_clean, flat_ids = clean.reshape(-1, clean.shape[-1]), target_ids.reshape(-1)
+        flat_clean = clean.reshape(-1, clean.shape[-1])
         mu_end, _ = schedule.marginal(torch.ones(1))
         prior = prior_matching_loss(flat_clean, vocab, mu_end.item(), sigma0, schedule.prior_std)
 
-        rows = torch.searchsorted(self.vocabulary, flat_ids).clamp(max=len(self.vocabulary) - 1)
-        known = (self.vocabulary[rows] == flat_ids).view(target_ids.shape)
+        rows, known = self._vocabulary_rows(target_ids)
         mu_start, std_start = schedule.marginal(torch.zeros(1))
         seed = int(torch.randint(2**62, (1,), generator=generator, device=generator.device))
         decoding = decoding_cross_entropy(
@@ -320,6 +336,24 @@ class SmoothieModule(L.LightningModule):
         )
         decoded = known if counted is None else known & counted
         return _average(prior.view(target_ids.shape), counted) + _average(decoding.view(target_ids.shape), decoded)
+
+    def _vocabulary_rows(self, target_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Rows of the diffused vocabulary for ``target_ids``, and which ids it holds at all."""
+        flat_ids = target_ids.reshape(-1)
+        rows = torch.searchsorted(self.vocabulary, flat_ids).clamp(max=len(self.vocabulary) - 1)
+        return rows, (self.vocabulary[rows] == flat_ids).view(target_ids.shape)
+
+    def prediction_decoding_loss(
+        self, predicted: torch.Tensor, target_ids: torch.Tensor, counted: torch.Tensor | None
+    ) -> torch.Tensor:
+        """``-log softmax(D0(e0_hat))[true token]``, averaged over the counted positions the vocabulary holds."""
+        rows, known = self._vocabulary_rows(target_ids)
+        sigma0 = getattr(self.space, "sigma0", 1.0)
+        flat = predicted.reshape(-1, predicted.shape[-1])
+        per_position = decoding_cross_entropy(
+            flat, rows, self.space.embeddings, 1.0, 0.0, sigma0, 0, self.hparams.vocab_chunk_size
+        )
+        return _average(per_position.view(target_ids.shape), known if counted is None else known & counted)
 
     def _follow_trained_embeddings(self) -> None:
         """A trained ``E`` changes every step: rebuild the space (a detached copy) from the current one."""

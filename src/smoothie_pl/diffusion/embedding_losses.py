@@ -66,8 +66,10 @@ def decoding_cross_entropy(
     def chunk_terms(chunk: torch.Tensor, start: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Log-normaliser of the chunk's logits, and the true row's logit where it lies in the chunk (else 0)."""
         d0 = (e @ chunk.T - chunk.pow(2).sum(-1) / 2) / sigma0**2
-        generator = torch.Generator(device=e.device).manual_seed(seed + start)
-        logits = mu * d0 + std * torch.randn(d0.shape, generator=generator, device=e.device)
+        logits = mu * d0
+        if std:
+            generator = torch.Generator(device=e.device).manual_seed(seed + start)
+            logits = logits + std * torch.randn(d0.shape, generator=generator, device=e.device)
         inside = (rows >= start) & (rows < start + chunk.shape[0])
         local = (rows - start).clamp(0, chunk.shape[0] - 1)
         true_logit = logits.gather(1, local[:, None]).squeeze(1)

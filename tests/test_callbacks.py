@@ -8,7 +8,7 @@ import torch
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger, Logger
 
-from smoothie_pl.callbacks import SmoothieEMA
+from smoothie_pl.callbacks import LearningCurve, SmoothieEMA
 from smoothie_pl.callbacks.diagnostics import Diagnostics, true_row_log_probs
 from smoothie_pl.callbacks.generation_metrics import FIELDS, GenerationMetrics
 from smoothie_pl.diffusion import ArctanSchedule, SmoothieSpace
@@ -90,6 +90,7 @@ def fitted(word_model, pairs_dir, tmp_path_factory):
             GenerationMetrics(num_examples=6, steps=3, show=2),
             Diagnostics(times=TIMES, every_n_steps=3, max_examples=8),
             EMASpy(ema),
+            LearningCurve(),
             checkpoint,
         ],
         default_root_dir=root,
@@ -126,6 +127,20 @@ def test_generation_metrics_are_logged_with_the_example_table(fitted):
         assert float(trainer.callback_metrics[f"val/{name}"]) == pytest.approx(value)
     texts = [call for call in recorder.calls if call[0] == "text"]
     assert [call[3] for call in texts] == [2, 4] and texts[0][2].count("\n") == 6 + 1
+
+
+def test_learning_curve_records_every_step_and_validation_and_writes_a_png(fitted):
+    trainer = fitted[0]
+    (curve,) = [callback for callback in trainer.callbacks if isinstance(callback, LearningCurve)]
+    assert [step for step, _ in curve.train] == [1, 2, 3, 4]
+    assert all(math.isfinite(loss) and loss > 0 for _, loss in curve.train)
+    assert [step for step, _ in curve.validation["val/tracked"]] == [2, 4]
+    assert [step for step, _ in curve.validation["val/loss"]] == [2, 4]
+    assert curve.validation["val/tracked"][-1][1] == pytest.approx(float(trainer.callback_metrics["val/tracked"]))
+    assert (Path(trainer.default_root_dir) / "learning_curve.png").read_bytes()[:8] == PNG_MAGIC
+    restored = LearningCurve()
+    restored.load_state_dict(curve.state_dict())
+    assert restored.train == curve.train and restored.validation == curve.validation
 
 
 def test_model_checkpoint_monitors_a_generation_metric(fitted):

@@ -1,9 +1,10 @@
-"""Callbacks: EMA weights with warm-up, jsonl prediction writer, generation metrics, diagnostics, non-finite guard."""
+"""Callbacks: EMA weights with warm-up, jsonl prediction writer, generation metrics, learning curve, diagnostics, non-finite guard."""
 
 from smoothie_pl.callbacks.diagnostics import Diagnostics
 from smoothie_pl.callbacks.ema import SmoothieEMA
 from smoothie_pl.callbacks.generation_metrics import GenerationMetrics
+from smoothie_pl.callbacks.learning_curve import LearningCurve
 from smoothie_pl.callbacks.nonfinite_guard import NonFiniteGuard
 from smoothie_pl.callbacks.prediction_writer import JsonlPredictionWriter
 
-__all__ = ["Diagnostics", "GenerationMetrics", "JsonlPredictionWriter", "NonFiniteGuard", "SmoothieEMA"]
+__all__ = ["Diagnostics", "GenerationMetrics", "LearningCurve", "JsonlPredictionWriter", "NonFiniteGuard", "SmoothieEMA"]

@@ -16,7 +16,62 @@ def ids_to_text(tokenizer, ids: Sequence[int]) -> str:
             break
         if token not in special:
             kept.append(token)
-    return tokenizer.decode(kept, clean_up_tokenization_spaces=True).strip()
+    if not splits_punctuation(tokenizer):
+        return tokenizer.decode(kept, clean_up_tokenization_spaces=True).strip()
+    words: list[str] = []
+    for token in tokenizer.convert_ids_to_tokens(kept):
+        if token.startswith("##") and words:
+            words[-1] += token[2:]  # a WordPiece continuation
+        else:
+            words.append(token)
+    return join_words(words)
+
+
+PUNCTUATION_SPLITTERS = ("BertPreTokenizer", "Whitespace")
+
+
+def splits_punctuation(tokenizer) -> bool:
+    """Whether the tokenizer cut punctuation off words, losing the spaces (BERT's WordPiece, word-level)."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    return backend is not None and type(backend.pre_tokenizer).__name__ in PUNCTUATION_SPLITTERS
+
+
+_CLOSES = set(".,;:!?)]}%")  # no space before
+_OPENS = set("([{$")  # no space after
+_JOINS = set("-/—")  # no space on either side: "Ben-hadad", "and/or", "sin—"
+_CONTRACTIONS = {"s", "t", "ll", "re", "ve", "d", "m"}
+
+
+def join_words(words: list[str]) -> str:
+    """Join pre-tokenised words as English is written: "Ben-hadad", "Yahweh's", "said, \"Go.\"".
+
+    Straight quotes open and close in turn; an apostrophe before a contraction
+    ("'s", "'t") or after a plural ("brothers' houses") joins its word.
+    """
+    text, glue_next, double_open, single_open = "", True, False, False
+    for i, word in enumerate(words):
+        following = words[i + 1] if i + 1 < len(words) else ""
+        glue_before, glue_after = False, False
+        if word in _CLOSES:
+            glue_before = True
+        elif word in _OPENS:
+            glue_after = True
+        elif word in _JOINS:
+            glue_before = glue_after = True
+        elif word == '"':
+            # After sentence punctuation a quote closes, even one opened in an earlier verse.
+            closing = double_open or (text[-1:] in _CLOSES and not following[:1].isalnum())
+            glue_before, glue_after, double_open = closing, not closing, not closing
+        elif word == "'":
+            if following in _CONTRACTIONS and text and text[-1].isalnum():
+                glue_before = glue_after = True
+            elif single_open or (text.endswith("s") and not single_open and not following[:1].isupper()):
+                glue_before, single_open = True, False
+            else:
+                glue_after, single_open = True, True
+        text += word if (glue_next or glue_before or not text) else " " + word
+        glue_next = glue_after
+    return text
 
 
 _WORD = re.compile(r"[^\W_]+(?:'[^\W_]+)?")

@@ -24,20 +24,30 @@ def clean_verse(text: str) -> str:
     return " ".join(_APOSTROPHES.sub("'", _BRACKETS.sub("", text)).split())
 
 
-def bible_pairs() -> list[dict]:
-    """Every verse present in both translations, in canonical order."""
+def bible_pairs(source_version: str = "KJV", target_version: str = "WEB") -> list[dict]:
+    """Every verse present in both translations (``pythonbible`` version codes), in canonical order."""
     try:
         import pythonbible as bible
     except ImportError as err:
-        raise ImportError("the Bible demo task needs `pip install 'pythonbible[kjv,web]'`") from err
-    kjv = bible.get_bible(bible.Version.KING_JAMES, "plain_text_readers")
-    web = bible.get_bible(bible.Version.WORLD_ENGLISH, "plain_text_readers")
+        extras = ",".join(sorted({source_version.lower(), target_version.lower()}))
+        raise ImportError(f"the Bible tasks need `pip install 'pythonbible[{extras}]'`") from err
+    source_bible = bible.get_bible(bible.Version(source_version), "plain_text_readers")
+    target_bible = bible.get_bible(bible.Version(target_version), "plain_text_readers")
     pairs = []
-    for verse in sorted(set(kjv.get_verse_ids()) & set(web.get_verse_ids())):
-        source, target = clean_verse(kjv.get_scripture(verse, verse)), clean_verse(web.get_scripture(verse, verse))
+    for verse in sorted(set(source_bible.get_verse_ids()) & set(target_bible.get_verse_ids())):
+        source = clean_verse(source_bible.get_scripture(verse, verse))
+        target = clean_verse(target_bible.get_scripture(verse, verse))
         if source and target:
             pairs.append({"verse": verse, "src": source, "trg": target})
     return pairs
+
+
+def split_pairs(pairs: list[dict], validation_size: int, test_size: int, seed: int) -> dict[str, list[dict]]:
+    """Shuffle once with ``seed``; the first pairs are validation, the next test, the rest training."""
+    pairs = list(pairs)
+    random.Random(seed).shuffle(pairs)
+    held_out = validation_size + test_size
+    return {"validation": pairs[:validation_size], "test": pairs[validation_size:held_out], "train": pairs[held_out:]}
 
 
 class BibleDataModule(JsonlDataModule):
@@ -60,13 +70,6 @@ class BibleDataModule(JsonlDataModule):
     def prepare_data(self) -> None:
         if all(Path(file).is_file() for file in self.files.values()):
             return
-        pairs = bible_pairs()
-        random.Random(self.split_seed).shuffle(pairs)
-        held_out = self.validation_size + self.test_size
-        splits = {
-            "validation": pairs[: self.validation_size],
-            "test": pairs[self.validation_size : held_out],
-            "train": pairs[held_out:],
-        }
+        splits = split_pairs(bible_pairs(), self.validation_size, self.test_size, self.split_seed)
         for split, records in splits.items():
             write_jsonl_atomically(Path(self.files[split]), records)

@@ -50,8 +50,25 @@ def referenced(path: Path) -> bool:
     return False
 
 
+def write_named_data_files(configs: list[str], directory: Path) -> None:
+    """Stand-in jsonl pairs for the data files a config names (made by a script, e.g. data/ylt_web), in ``directory``."""
+    import json
+
+    import yaml
+
+    for config in configs:
+        init_args = ((yaml.safe_load((ROOT / config).read_text()) or {}).get("data") or {}).get("init_args") or {}
+        for key in ("train_file", "validation_file", "test_file"):
+            if key in init_args:
+                path = directory / init_args[key]
+                path.parent.mkdir(parents=True, exist_ok=True)
+                pairs = [{"src": f"and he said unto them {i}", "trg": f"he said to them {i}"} for i in range(4)]
+                path.write_text("".join(json.dumps(pair) + "\n" for pair in pairs))
+
+
 def instantiate(configs: list[str], tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
+    write_named_data_files(configs, tmp_path)
     args = [item for config in configs for item in ("--config", str(ROOT / config))]
     return build_cli([*args, *OFFLINE], run=False)
 

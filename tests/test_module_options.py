@@ -159,6 +159,25 @@ def test_masked_loss_averages_over_real_tokens_only(word_model, pairs_dir, monke
     assert real.any() and not real.all()
 
 
+def test_decoding_loss_is_the_cross_entropy_of_the_predictions_distances(word_model, pairs_dir, monkeypatch):
+    """x0 MSE + w * mean_i -log softmax_j(-|e0_hat_i - E_j|^2 / (2 sigma0^2))[true_i], over a restricted vocabulary."""
+    batch = train_batch(word_model, pairs_dir)
+    vocabulary = sorted(set(batch["target_ids"].flatten().tolist()) | {0, 1, 2, 3})
+    module = tiny_module(word_model, decoding_loss_weight=0.3, vocabulary=vocabulary)
+    prediction = torch.randn(*batch["target_ids"].shape, module.embedding_matrix.shape[1], generator=torch.Generator().manual_seed(1))
+    monkeypatch.setattr(module.denoiser, "forward", lambda x_t, *args: prediction)
+    loss = module.diffusion_loss(batch, torch.Generator().manual_seed(0))
+
+    clean = module.embedding_matrix[batch["target_ids"]]
+    mse = (prediction - clean).pow(2).mean()
+    rows = module.embedding_matrix[torch.tensor(vocabulary)]
+    distances = torch.cdist(prediction.reshape(-1, prediction.shape[-1]).double(), rows.double()).pow(2)
+    log_probs = torch.log_softmax(-distances / (2 * 1.5**2), dim=-1)
+    true_rows = torch.tensor([vocabulary.index(i) for i in batch["target_ids"].flatten().tolist()])
+    cross_entropy = -log_probs[torch.arange(len(true_rows)), true_rows].mean()
+    torch.testing.assert_close(loss.double(), mse.double() + 0.3 * cross_entropy, rtol=1e-5, atol=1e-5)
+
+
 # ------------------------------------------------------------- embedding training
 def test_prior_matching_loss_matches_the_distances_written_out():
     torch.manual_seed(0)

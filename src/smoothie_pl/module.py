@@ -549,6 +549,11 @@ class SmoothieModule(L.LightningModule):
                 f"checkpoint embedding matrix has shape {tuple(matrix.shape)} but this model's "
                 f"({self.hparams.embedding or 'packaged MiniLM'}) has {tuple(self.embedding_matrix.shape)}"
             )
+        # Vocabulary-shaped weights (a simplex model's linear token head) follow the stored vocabulary.
+        if "vocabulary" in state and not torch.equal(state["vocabulary"].cpu(), self.vocabulary.cpu()):
+            if self.vocabulary_requested:
+                raise vocabulary_mismatch(state["vocabulary"].cpu(), self.vocabulary.cpu(), self.tokenizer, name)
+            self._build_space(state["vocabulary"].to(self.embedding_matrix.device))
         saved_options = checkpoint.get("hyper_parameters", {})
         check_weights_fit(
             state,
@@ -558,7 +563,3 @@ class SmoothieModule(L.LightningModule):
             name,
             skip=CHECKED_SEPARATELY,
         )
-        if "vocabulary" in state and not torch.equal(state["vocabulary"].cpu(), self.vocabulary.cpu()):
-            if self.vocabulary_requested:
-                raise vocabulary_mismatch(state["vocabulary"].cpu(), self.vocabulary.cpu(), self.tokenizer, name)
-            self._build_space(state["vocabulary"].to(self.embedding_matrix.device))

@@ -18,6 +18,7 @@ from smoothie_pl.fingerprint import (
     check_compatible,
     check_weights_fit,
     fingerprint,
+    tensor_digest,
     vocabulary_mismatch,
 )
 from smoothie_pl.metrics import SacreBLEU, TextMetrics, mbr_select
@@ -196,6 +197,7 @@ class SmoothieModule(L.LightningModule):
         self.sampler = build_sampler(sampler, steps=sampling_steps, noise_scale=sampling_noise_scale)
 
         embedding_matrix = load_embedding_matrix(embedding, per_feature_standardisation)
+        self.pretrained_embedding_sha256 = tensor_digest(embedding_matrix)  # what a trained E is checked on
         if train_embeddings:
             self.embedding_matrix = torch.nn.Parameter(embedding_matrix)
         else:
@@ -526,6 +528,8 @@ class SmoothieModule(L.LightningModule):
         return fingerprint(
             hp.embedding or PACKAGED_MODEL,
             self.embedding_matrix,
+            self.pretrained_embedding_sha256,
+            hp.train_embeddings,
             self.tokenizer,
             self.vocabulary,
             type(self.space).__name__,

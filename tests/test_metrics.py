@@ -8,6 +8,7 @@ import functools
 import math
 import socket
 from collections import Counter
+from pathlib import Path
 
 import pytest
 import sacrebleu
@@ -298,17 +299,20 @@ def load_encoder(path: str):
 
 
 def naive_bertscore_f1(path: str, prediction: str, reference: str) -> float:
-    """BERTScore F1 token by token, straight from the definition (no batching, padding or masks)."""
+    """BERTScore F1 token by token, straight from the definition (no batching, padding or masks).
+
+    [CLS] and [SEP] may be matched but are left out of the averages, as in the ``bert-score`` package.
+    """
     tokenizer, model = load_encoder(path)
 
     def embed(text):
         with torch.no_grad():
-            hidden = model(**tokenizer(text, return_tensors="pt")).last_hidden_state[0, 1:-1]  # drop [CLS], [SEP]
+            hidden = model(**tokenizer(text, return_tensors="pt")).last_hidden_state[0]
         return hidden / hidden.norm(dim=1, keepdim=True)
 
     similarity = embed(prediction) @ embed(reference).T
-    precision = similarity.max(dim=1).values.mean().item()
-    recall = similarity.max(dim=0).values.mean().item()
+    precision = similarity[1:-1].max(dim=1).values.mean().item()
+    recall = similarity[:, 1:-1].max(dim=0).values.mean().item()
     return 2 * precision * recall / (precision + recall)
 
 
@@ -322,6 +326,34 @@ def test_bertscore_matches_naive_greedy_matching(minilm_path):
     assert value(metric, ["same text"], ["same text"]).item() == pytest.approx(1.0, abs=1e-5)
     metric.reset()  # several references: the best one counts
     assert value(metric, [pairs[0][0]], [["unrelated words", pairs[0][1]]]).item() == pytest.approx(naive[0], abs=1e-5)
+
+
+@pytest.mark.parametrize("num_layers", [3, 6])
+def test_bertscore_equals_the_bert_score_package(minilm_path, num_layers):
+    bert_score = pytest.importorskip("bert_score", reason="the bert-score package is in the test extra")
+    _, _, expected = bert_score.score(
+        PREDICTIONS, FIRST_REFERENCES, model_type=minilm_path, num_layers=num_layers, idf=False, batch_size=3
+    )
+    metric = BERTScoreF1(minilm_path, num_layers=num_layers, batch_size=2)
+    assert value(metric, PREDICTIONS, FIRST_REFERENCES).item() == pytest.approx(expected.mean().item(), abs=1e-5)
+
+
+def test_bertscore_layers_are_the_packages_for_every_model_a_config_names():
+    import yaml
+
+    from smoothie_pl.metrics.bertscore import BERT_SCORE_LAYERS
+
+    named = set()
+    for config in (Path(__file__).resolve().parents[1] / "lightning_configs").rglob("*.yaml"):
+        options = ((yaml.safe_load(config.read_text()) or {}).get("model") or {}).get("metric_options") or {}
+        if "bertscore_model" in options:
+            named.add(options["bertscore_model"])
+    assert named and named <= set(BERT_SCORE_LAYERS)
+    bert_score = pytest.importorskip("bert_score", reason="the bert-score package is in the test extra")
+    from bert_score.utils import model2layers
+
+    assert BERT_SCORE_LAYERS == {model: model2layers[model] for model in BERT_SCORE_LAYERS}
+    assert BERTScoreF1("microsoft/deberta-xlarge-mnli").num_layers == 40  # nothing is loaded before update
 
 
 @pytest.mark.parametrize("metric_cls", [MAUVE, Perplexity, BERTScoreF1])

@@ -144,6 +144,12 @@ def test_corpus_bleu_hf_tokenizer(minilm_path):
     assert by_path.item() == by_callable.item() > 0
 
 
+def test_a_hub_tokenizer_for_bleu_is_loaded_only_when_texts_are_scored():
+    metric = CorpusBLEU(tokenizer="no-such-org/no-such-tokenizer")  # building reads nothing (offline configs)
+    with pytest.raises(OSError):
+        metric.update(["a b"], ["a b"])
+
+
 def test_sacrebleu_equals_package():
     expected = sacrebleu.corpus_bleu(PREDICTIONS, [FIRST_REFERENCES]).score
     assert value(SacreBLEU(), PREDICTIONS, FIRST_REFERENCES).item() == pytest.approx(expected, rel=1e-12)

@@ -120,7 +120,8 @@ def test_checkpoint_records_what_the_weights_depend_on(word_model):
     assert (recorded["target_length"], recorded["source_length"]) == (8, 10)
     # Digests: equal for an equal matrix, different for a matrix one value apart.
     matrix = module.embedding_matrix.clone()
-    assert tensor_digest(matrix) == recorded["embedding_sha256"]
+    assert tensor_digest(matrix) == recorded["embedding_sha256"] == recorded["pretrained_embedding_sha256"]
+    assert recorded["embedding_trained"] is False
     matrix[3, 2] += 1e-3
     assert tensor_digest(matrix) != recorded["embedding_sha256"]
 
@@ -140,8 +141,9 @@ def test_embedding_matrix_rounding_noise_from_other_hardware_is_tolerated(word_m
     checkpoint = saved_checkpoint(tiny_module(word_model))
     noisy = checkpoint["state_dict"]["embedding_matrix"] * (1 + 1e-7)
     checkpoint["state_dict"]["embedding_matrix"] = noisy
-    checkpoint[CHECKPOINT_KEY]["embedding_sha256"] = tensor_digest(noisy)
-    assert tensor_digest(noisy) != tiny_module(word_model).fingerprint()["embedding_sha256"]
+    recorded = checkpoint[CHECKPOINT_KEY]
+    recorded["embedding_sha256"] = recorded["pretrained_embedding_sha256"] = tensor_digest(noisy)
+    assert tensor_digest(noisy) != tiny_module(word_model).fingerprint()["pretrained_embedding_sha256"]
     tiny_module(word_model).on_load_checkpoint(checkpoint)  # the digests differ, the values agree
     checkpoint["state_dict"]["embedding_matrix"] = noisy * 1.01
     with pytest.raises(CheckpointMismatchError, match="embedding matrix"):

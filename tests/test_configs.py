@@ -120,5 +120,22 @@ def test_every_full_config_instantiates(config, tmp_path, monkeypatch):
         assert_papers_setup(config, cli)
 
 
+@pytest.mark.parametrize("config", FULL, ids=lambda path: path.name)
+def test_every_config_names_its_metric_variants_and_the_papers_bleu_tokenisation(config):
+    import yaml
+
+    from smoothie_pl.metrics import METRIC_SETS
+
+    text = config.read_text()
+    comments = re.sub(r"\n\s*#\s*", " ", text)  # a comment's lines joined
+    model = yaml.safe_load(text)["model"]
+    names = METRIC_SETS[model.get("metric_set", "demo")]
+    assert "# Metrics" in text and "docs/evaluation.md" in comments
+    if "bleu" in names:
+        assert "BLEU is corpus BLEU-4" in comments
+        if config.stem in PAPER_TASKS:  # METHOD section 8: the reference code's multilingual-BERT WordPiece
+            assert model["metric_options"]["bleu_tokenizer"] == "bert-base-multilingual-cased"
+
+
 def test_every_paper_task_has_a_config():
     assert set(PAPER_TASKS) <= {path.stem for path in FULL}

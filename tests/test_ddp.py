@@ -1,8 +1,10 @@
-"""Two CPU processes (DDP over gloo) through the `smoothie` CLI give what one process gives.
+"""Two CPU processes (DDP over gloo) give what one process gives.
 
 Each rank draws its own training noise; validation loss, generation metrics
 and test metrics cover the whole split and equal the single-process values;
-predict writes every index once, in order, for a split of odd size.
+predict writes every index once, in order, for a split of odd size. With the
+same noise per example, two ranks of batch b train the weights one process of
+batch 2b trains.
 """
 
 import csv
@@ -13,7 +15,10 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 from lightning.pytorch.callbacks import Callback
+
+from smoothie_pl.module import SmoothieModule, seeded_generator
 
 from .conftest import PAIRS
 from .test_resume import write_config
@@ -111,3 +116,52 @@ def test_two_processes_match_one(word_model, odd_pairs, tmp_path):
     assert [record["index"] for record in records] == list(range(7))
     assert [record["source"] for record in records] == [source for source, _ in PAIRS[:7]]
     assert predictions[2] == predictions[1]
+
+
+class PerExampleNoise(SmoothieModule):
+    """Training noise seeded by (seed, step, dataset index) of each example instead of (seed, rank, step, batch).
+
+    A test-only stream: under it a batch split over ranks draws exactly the noise the
+    whole batch draws on one process, so weights can be compared across world sizes.
+    The library keeps its per-rank streams.
+    """
+
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        losses = []
+        for row, index in enumerate(batch["index"].tolist()):
+            example = {key: value[row : row + 1] for key, value in batch.items() if torch.is_tensor(value)}
+            generator = seeded_generator(self.device, self.hparams.seed, self.global_step, index)
+            losses.append(self.diffusion_loss(example, generator))
+        return torch.stack(losses).mean()  # every example has L x d terms: the mean of means is the batch mean
+
+
+def trained_weights(world: int, batch_size: int, word_model: str, pairs_dir: Path, steps: int) -> dict:
+    import lightning as L
+
+    from .test_module import TINY, pairs_data
+
+    torch.manual_seed(0)
+    module = PerExampleNoise(
+        embedding=word_model, denoiser=TINY, target_length=8, source_length=10, lr=1e-3, warmup_steps=0
+    )
+    trainer = L.Trainer(
+        accelerator="cpu", devices=world, strategy="ddp_spawn" if world > 1 else "auto", max_steps=steps,
+        logger=False, enable_progress_bar=False, enable_model_summary=False, enable_checkpointing=False,
+        limit_val_batches=0,
+    )
+    trainer.fit(module, datamodule=pairs_data(pairs_dir, word_model, batch_size=batch_size))
+    return {name: value.clone() for name, value in module.state_dict().items()}
+
+
+@pytest.mark.slow
+def test_two_ranks_of_batch_b_train_the_weights_one_process_of_batch_2b_trains(word_model, pairs_dir):
+    # 8 pairs: 2 steps an epoch either way, so 3 steps cross an epoch boundary. Per rank the shuffle sampler
+    # deals every other index of the one permutation, so each step sees the same 4 examples on both setups.
+    # Tolerance: the same fp32 sums in another order (DDP's all-reduce), then 3 AdamW steps: atol 1e-5.
+    start = trained_weights(1, 4, word_model, pairs_dir, steps=0)
+    single = trained_weights(1, 4, word_model, pairs_dir, steps=3)
+    ranks = trained_weights(2, 2, word_model, pairs_dir, steps=3)
+    moved = max((single[name] - start[name]).abs().max().item() for name in single if name.startswith("denoiser"))
+    assert moved > 1e-3  # the steps changed the weights far beyond the tolerance
+    for name, value in single.items():
+        torch.testing.assert_close(ranks[name], value, rtol=1e-4, atol=1e-5, msg=name)

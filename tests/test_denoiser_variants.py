@@ -98,3 +98,18 @@ def test_unknown_block_and_conditioning_are_refused():
         DenoiserConfig(block="preln")
     with pytest.raises(ValueError, match="denoiser.conditioning"):
         DenoiserConfig(conditioning="prefix")
+
+
+@pytest.mark.parametrize("block", ["postln", "prenorm"])
+def test_generating_under_inference_mode_does_not_break_later_training_with_rope(word_model, block):
+    # trainer.predict/test and notebooks generate under inference mode; the rotary tables they
+    # build must not be what a later training step saves for backward.
+    module = variant_module(word_model, block=block, rope=True)
+    with torch.inference_mode():
+        module.generate(["the cat sat on the mat"], steps=2, seed=0)
+    module.train()
+    x_t, t = torch.randn(2, 6, module.embedding_matrix.shape[1]), torch.full((2,), 0.5)
+    ids, mask = encode(module, ["the cat sat on the mat", "love thy neighbour"], pad_to=10)
+    output = module.denoiser(x_t, t, module.encode_source(ids, mask), mask)
+    output.square().mean().backward()
+    assert all(p.grad is not None for p in module.denoiser.blocks.parameters())

@@ -8,6 +8,7 @@ import functools
 import math
 import socket
 from collections import Counter
+from pathlib import Path
 
 import pytest
 import sacrebleu
@@ -143,6 +144,12 @@ def test_corpus_bleu_hf_tokenizer(minilm_path):
     assert by_path.item() == by_callable.item() > 0
 
 
+def test_a_hub_tokenizer_for_bleu_is_loaded_only_when_texts_are_scored():
+    metric = CorpusBLEU(tokenizer="no-such-org/no-such-tokenizer")  # building reads nothing (offline configs)
+    with pytest.raises(OSError):
+        metric.update(["a b"], ["a b"])
+
+
 def test_sacrebleu_equals_package():
     expected = sacrebleu.corpus_bleu(PREDICTIONS, [FIRST_REFERENCES]).score
     assert value(SacreBLEU(), PREDICTIONS, FIRST_REFERENCES).item() == pytest.approx(expected, rel=1e-12)
@@ -166,6 +173,20 @@ def test_rouge_equals_rouge_score():
     assert value(ROUGE(["rougeL"]), PREDICTIONS, REFERENCES)["rougeL"].item() == pytest.approx(expected, rel=1e-12)
 
 
+def test_rouge_2_and_l_hand_worked():
+    # prediction "the cat sat on the mat" (6 tokens); reference "two cats sat on a red mat" (7),
+    # "cats" stemmed to "cat".
+    # ROUGE-2: bigrams the-cat cat-sat sat-on on-the the-mat (5) vs two-cat cat-sat sat-on on-a a-red red-mat (6);
+    #          2 shared -> P = 2/5, R = 2/6, F = 2PR / (P + R) = 4/11
+    # ROUGE-L: longest common subsequence "cat sat on mat" (4) -> P = 4/6, R = 4/7, F = 8/13
+    result = value(ROUGE(["rouge2", "rougeL"]), ["the cat sat on the mat"], ["two cats sat on a red mat"])
+    assert result["rouge2"].item() == pytest.approx(4 / 11, rel=1e-12)
+    assert result["rougeL"].item() == pytest.approx(8 / 13, rel=1e-12)
+    # Two references: the better F per type; "the cat sat" alone gives ROUGE-2 P = 2/5, R = 2/2 -> 4/7.
+    multi = value(ROUGE(["rouge2"]), ["the cat sat on the mat"], [["two cats sat on a red mat", "the cat sat"]])
+    assert multi["rouge2"].item() == pytest.approx(4 / 7, rel=1e-12)
+
+
 # --- SARI ---------------------------------------------------------------------------
 
 
@@ -183,11 +204,60 @@ def test_sari_reproduces_hugging_face_card():
     assert value(sari, CARD_SOURCE, CARD_PREDICTION, CARD_REFERENCES).item() == pytest.approx(26.953601953601954)
 
 
-def test_sari_original_variant_on_card_example():
-    # The same sentences are the first example in Xu et al.'s reference script (cocoxu/simplification
-    # SARI.py, main()). That script averages keep recall per n-gram instead of pooling it, so it scores
-    # lower than the card. Regression value from this implementation, explained by the unit test below.
-    assert value(SARI(), CARD_SOURCE, CARD_PREDICTION, CARD_REFERENCES).item() == pytest.approx(26.827824116980747)
+def star_sari_ngram(source: list[str], prediction: list[str], references: list[list[str]]) -> tuple:
+    """Keep F1, deletion precision, addition F1 for one order, as Xu et al.'s script (STAR.py / SARI.py) works them.
+
+    Written here from the script's formulas, on n-grams as joined strings: source and
+    prediction counts are repeated once per reference, keep precision and recall are
+    means of per-n-gram ratios, and an empty set scores 0.
+    """
+    refs = Counter(gram for reference in references for gram in reference)
+    repeat = len(references)
+    src = Counter({gram: count * repeat for gram, count in Counter(source).items()})
+    pred = Counter({gram: count * repeat for gram, count in Counter(prediction).items()})
+
+    keep, keep_good, keep_all = src & pred, src & pred & refs, src & refs
+    keep_p = sum(keep_good[g] / keep[g] for g in keep_good) / len(keep) if keep else 0
+    keep_r = sum(keep_good[g] / keep_all[g] for g in keep_good) / len(keep_all) if keep_all else 0
+    keep_f = 2 * keep_p * keep_r / (keep_p + keep_r) if keep_p > 0 or keep_r > 0 else 0
+
+    delete, delete_good = src - pred, (src - pred) - refs
+    delete_p = sum(delete_good[g] / delete[g] for g in delete) / len(delete) if delete else 0
+
+    add, add_all = set(pred) - set(src), set(refs) - set(src)
+    add_good = add & set(refs)
+    add_p = len(add_good) / len(add) if add else 0
+    add_r = len(add_good) / len(add_all) if add_all else 0
+    add_f = 2 * add_p * add_r / (add_p + add_r) if add_p > 0 or add_r > 0 else 0
+    return keep_f, delete_p, add_f
+
+
+def star_sari(source: str, prediction: str, references: list[str]) -> float:
+    """The script's sentence SARI (0-1) after lowercasing and sacrebleu's 13a tokenisation."""
+    from sacrebleu.tokenizers.tokenizer_13a import Tokenizer13a
+
+    tokenize = Tokenizer13a()
+
+    def grams(text: str, n: int) -> list[str]:
+        words = tokenize(text.lower()).split()
+        return [" ".join(words[i : i + n]) for i in range(len(words) - n + 1)]
+
+    orders = [
+        star_sari_ngram(grams(source, n), grams(prediction, n), [grams(r, n) for r in references]) for n in (1, 2, 3, 4)
+    ]
+    keep, delete, add = (sum(scores) / 4 for scores in zip(*orders))
+    return (keep + delete + add) / 3
+
+
+def test_default_sari_equals_the_reference_scripts_formulas():
+    # The card's sentences are the first example of Xu et al.'s script (main()); its keep recall averages
+    # per-n-gram ratios instead of pooling counts, so it scores lower than the card's 26.95.
+    expected = 100 * star_sari(CARD_SOURCE[0], CARD_PREDICTION[0], CARD_REFERENCES[0])
+    assert expected < 26.9
+    assert value(SARI(), CARD_SOURCE, CARD_PREDICTION, CARD_REFERENCES).item() == pytest.approx(expected, rel=1e-12)
+    corpus = [star_sari(s, p, refs) for s, p, refs in zip(SOURCES, PREDICTIONS, REFERENCES)]
+    got = value(SARI(), SOURCES, PREDICTIONS, REFERENCES).item()
+    assert got == pytest.approx(100 * sum(corpus) / len(corpus), rel=1e-12)
 
 
 def test_sari_ngram_hand_worked():
@@ -298,17 +368,20 @@ def load_encoder(path: str):
 
 
 def naive_bertscore_f1(path: str, prediction: str, reference: str) -> float:
-    """BERTScore F1 token by token, straight from the definition (no batching, padding or masks)."""
+    """BERTScore F1 token by token, straight from the definition (no batching, padding or masks).
+
+    [CLS] and [SEP] may be matched but are left out of the averages, as in the ``bert-score`` package.
+    """
     tokenizer, model = load_encoder(path)
 
     def embed(text):
         with torch.no_grad():
-            hidden = model(**tokenizer(text, return_tensors="pt")).last_hidden_state[0, 1:-1]  # drop [CLS], [SEP]
+            hidden = model(**tokenizer(text, return_tensors="pt")).last_hidden_state[0]
         return hidden / hidden.norm(dim=1, keepdim=True)
 
     similarity = embed(prediction) @ embed(reference).T
-    precision = similarity.max(dim=1).values.mean().item()
-    recall = similarity.max(dim=0).values.mean().item()
+    precision = similarity[1:-1].max(dim=1).values.mean().item()
+    recall = similarity[:, 1:-1].max(dim=0).values.mean().item()
     return 2 * precision * recall / (precision + recall)
 
 
@@ -322,6 +395,34 @@ def test_bertscore_matches_naive_greedy_matching(minilm_path):
     assert value(metric, ["same text"], ["same text"]).item() == pytest.approx(1.0, abs=1e-5)
     metric.reset()  # several references: the best one counts
     assert value(metric, [pairs[0][0]], [["unrelated words", pairs[0][1]]]).item() == pytest.approx(naive[0], abs=1e-5)
+
+
+@pytest.mark.parametrize("num_layers", [3, 6])
+def test_bertscore_equals_the_bert_score_package(minilm_path, num_layers):
+    bert_score = pytest.importorskip("bert_score", reason="the bert-score package is in the test extra")
+    _, _, expected = bert_score.score(
+        PREDICTIONS, FIRST_REFERENCES, model_type=minilm_path, num_layers=num_layers, idf=False, batch_size=3
+    )
+    metric = BERTScoreF1(minilm_path, num_layers=num_layers, batch_size=2)
+    assert value(metric, PREDICTIONS, FIRST_REFERENCES).item() == pytest.approx(expected.mean().item(), abs=1e-5)
+
+
+def test_bertscore_layers_are_the_packages_for_every_model_a_config_names():
+    import yaml
+
+    from smoothie_pl.metrics.bertscore import BERT_SCORE_LAYERS
+
+    named = set()
+    for config in (Path(__file__).resolve().parents[1] / "lightning_configs").rglob("*.yaml"):
+        options = ((yaml.safe_load(config.read_text()) or {}).get("model") or {}).get("metric_options") or {}
+        if "bertscore_model" in options:
+            named.add(options["bertscore_model"])
+    assert named and named <= set(BERT_SCORE_LAYERS)
+    bert_score = pytest.importorskip("bert_score", reason="the bert-score package is in the test extra")
+    from bert_score.utils import model2layers
+
+    assert BERT_SCORE_LAYERS == {model: model2layers[model] for model in BERT_SCORE_LAYERS}
+    assert BERTScoreF1("microsoft/deberta-xlarge-mnli").num_layers == 40  # nothing is loaded before update
 
 
 @pytest.mark.parametrize("metric_cls", [MAUVE, Perplexity, BERTScoreF1])

@@ -176,6 +176,25 @@ def test_schedule_by_name_and_old_checkpoint_hyperparameters(word_model):
     assert old.space.schedule == ArctanSchedule(sigma_max=50.0) and old.hparams.schedule["name"] == "arctan"
 
 
+def test_a_linear_token_head_over_a_restricted_vocabulary_loads_from_its_checkpoint(word_model, tmp_path):
+    import lightning as L
+
+    vocabulary = [0, 1, 2, 3, 6, 7, 8, 9, 10]
+    module = tiny_module(word_model, space="simplex", token_head="linear", vocabulary=vocabulary)
+    assert module.space.head.weight.shape[0] == len(vocabulary)
+    trainer = L.Trainer(max_steps=0, logger=False, enable_progress_bar=False, enable_model_summary=False)
+    trainer.strategy.connect(module)
+    path = tmp_path / "simplex.ckpt"
+    trainer.save_checkpoint(path)
+
+    loaded = SmoothieModule.load_from_checkpoint(path)  # built over the whole vocabulary, then takes the stored one
+    assert loaded.vocabulary.tolist() == vocabulary
+    torch.testing.assert_close(loaded.space.head.weight, module.space.head.weight)
+    torch.testing.assert_close(loaded.space.head.bias, module.space.head.bias)
+    sources = [source for source, _ in PAIRS[:2]]
+    assert loaded.generate(sources, steps=2, seed=0) == module.generate(sources, steps=2, seed=0)
+
+
 def test_simplex_token_head_adds_cross_entropy_and_is_refused_elsewhere(word_model, pairs_dir):
     module = tiny_module(word_model, space="simplex", token_head="linear")
     assert any(name.startswith("space.head") for name, _ in module.named_parameters())

@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from smoothie_pl.diffusion.embedding_losses import decoding_cross_entropy, prior_matching_loss
+from smoothie_pl.errors import CheckpointMismatchError
 from smoothie_pl.models import DenoiserConfig
 from smoothie_pl.module import SmoothieModule
 
@@ -238,6 +239,47 @@ def test_trained_embeddings_are_optimised_with_the_two_extra_losses(word_model, 
     module.sample_embeddings(*tokenised_sources(module), torch.Generator().manual_seed(0), steps=1)
     torch.testing.assert_close(module.space.embeddings, module.embedding_matrix.detach()[module.vocabulary])
     assert not torch.equal(module.space.embeddings, before)
+
+
+@pytest.mark.slow
+def test_a_run_whose_embeddings_moved_resumes_tests_predicts_and_loads(word_model, pairs_dir, tmp_path):
+    import lightning as L
+
+    def trainer(steps: int) -> L.Trainer:
+        return L.Trainer(
+            accelerator="cpu", max_steps=steps, logger=False, enable_progress_bar=False, enable_model_summary=False,
+            limit_val_batches=0, limit_test_batches=1, limit_predict_batches=1, default_root_dir=tmp_path,
+        )
+
+    options = dict(train_embeddings=True, lr=5e-2, warmup_steps=0, sampling_steps=2)
+    module = tiny_module(word_model, **options)
+    pretrained = module.embedding_matrix.detach().clone()
+    first = trainer(4)
+    first.fit(module, datamodule=pairs_data(pairs_dir, word_model, batch_size=4))
+    # Far outside any float-rounding tolerance: E really moved.
+    assert (module.embedding_matrix.detach() - pretrained).abs().max() > 0.05
+    path = tmp_path / "moved.ckpt"
+    first.save_checkpoint(path)
+
+    resumed = tiny_module(word_model, **options)
+    trainer(6).fit(resumed, datamodule=pairs_data(pairs_dir, word_model, batch_size=4), ckpt_path=path)
+    assert resumed.global_step == 6
+
+    tested = tiny_module(word_model, **options)
+    trainer(0).test(tested, datamodule=pairs_data(pairs_dir, word_model, batch_size=4), ckpt_path=path, verbose=False)
+    predicted = tiny_module(word_model, **options)
+    records = trainer(0).predict(predicted, datamodule=pairs_data(pairs_dir, word_model, batch_size=4), ckpt_path=path)
+    assert len(records[0]) == 4
+
+    loaded = SmoothieModule.load_from_checkpoint(path)
+    torch.testing.assert_close(loaded.embedding_matrix, module.embedding_matrix)
+    sources = [source for source, _ in PAIRS[:2]]
+    assert loaded.generate(sources, steps=2, seed=0) == module.generate(sources, steps=2, seed=0)
+
+    # The pretrained E is still checked: a run over another embedding model is refused.
+    other = tiny_module(word_model, **options, per_feature_standardisation=True)
+    with pytest.raises(CheckpointMismatchError, match="embedding matrix"):
+        other.on_load_checkpoint(torch.load(path, weights_only=False))
 
 
 def test_frozen_embeddings_are_a_buffer_without_gradient(word_model, pairs_dir):

@@ -2,8 +2,10 @@
 
 The fixture installs Debian's ``slurm-wlm`` and ``munge`` when they are missing
 (CI runs as root) and starts munged, slurmctld and slurmd on 127.0.0.1 with
-every file under a temporary directory. A missing or broken Slurm fails these
-tests; it never skips them.
+every file under a temporary directory. Outside CI (``CI`` unset), a machine
+without Slurm that cannot install it (not root, or no reachable Debian
+registry) skips these tests with that reason; under ``CI=true`` it fails them,
+and a broken Slurm fails them everywhere.
 """
 
 import getpass
@@ -47,13 +49,31 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
+def in_ci() -> bool:
+    return os.environ.get("CI", "").lower() in ("true", "1")
+
+
+def cannot_install(reason: str) -> None:
+    """CI must run these tests; elsewhere a machine that cannot install Slurm skips them."""
+    message = f"Slurm is not installed and cannot be: {reason}"
+    if in_ci():
+        pytest.fail(message)
+    pytest.skip(message)
+
+
 def install_slurm() -> None:
     if all(shutil.which(tool) for tool in ("munged", "slurmctld", "slurmd", "sbatch")):
         return
+    if os.geteuid() != 0:
+        cannot_install("installing slurm-wlm and munge with apt-get needs root")
+    if shutil.which("apt-get") is None:
+        cannot_install("there is no apt-get (Debian's package manager) on this machine")
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
     install = ["apt-get", "install", "-y", "-q", "slurm-wlm", "munge"]
     if subprocess.run(install, env=env, capture_output=True).returncode != 0:
-        subprocess.run(["apt-get", "update", "-q"], env=env, capture_output=True)
+        update = subprocess.run(["apt-get", "update", "-q"], env=env, capture_output=True, text=True)
+        if update.returncode != 0:
+            cannot_install(f"the Debian registry cannot be reached (apt-get update: {update.stderr.strip()[-500:]})")
         result = subprocess.run(install, env=env, capture_output=True, text=True)
         if result.returncode != 0:
             pytest.fail(f"could not install slurm-wlm and munge with apt-get:\n{result.stderr[-2000:]}")
@@ -210,3 +230,33 @@ def test_usr1_checkpoints_requeues_and_the_job_finishes_where_it_stopped(slurm, 
     assert starts[0] == 0 and len(starts) == 2 and starts[1] >= steps(hpc), starts
     assert f"resuming from {run_dir.resolve()}" in log
     assert steps(last) == 30
+
+
+def fake_machine(monkeypatch, ci: str | None, root: bool, tools: tuple[str, ...], apt_returncode: int = 0) -> None:
+    """A machine with only ``tools`` on its PATH, whose apt-get commands all exit ``apt_returncode``."""
+    if ci is None:
+        monkeypatch.delenv("CI", raising=False)
+    else:
+        monkeypatch.setenv("CI", ci)
+    monkeypatch.setattr(os, "geteuid", lambda: 0 if root else 1000)
+    monkeypatch.setattr(shutil, "which", lambda tool: f"/usr/bin/{tool}" if tool in tools else None)
+    failed = subprocess.CompletedProcess([], apt_returncode, "", "Temporary failure resolving 'deb.debian.org'")
+    monkeypatch.setattr(subprocess, "run", lambda *args, **kwargs: failed)
+
+
+@pytest.mark.parametrize(
+    "root, tools, reason",
+    [(False, ("apt-get",), "needs root"), (True, (), "no apt-get"), (True, ("apt-get",), "registry cannot be reached")],
+    ids=["not-root", "no-apt", "no-registry"],
+)
+def test_a_machine_that_cannot_install_slurm_skips_outside_ci(monkeypatch, root, tools, reason):
+    fake_machine(monkeypatch, None, root, tools, apt_returncode=100)
+    with pytest.raises(pytest.skip.Exception, match=reason):
+        install_slurm()
+
+
+@pytest.mark.parametrize("root, tools", [(False, ("apt-get",)), (True, ("apt-get",))], ids=["not-root", "no-registry"])
+def test_under_ci_a_machine_that_cannot_install_slurm_fails(monkeypatch, root, tools):
+    fake_machine(monkeypatch, "true", root, tools, apt_returncode=100)
+    with pytest.raises(pytest.fail.Exception, match="Slurm is not installed and cannot be"):
+        install_slurm()

@@ -43,6 +43,8 @@ def tokenizer_digest(tokenizer) -> str:
 def fingerprint(
     embedding: str,
     embedding_matrix: torch.Tensor,
+    pretrained_embedding_sha256: str,
+    embedding_trained: bool,
     tokenizer,
     vocabulary: torch.Tensor,
     space: str,
@@ -50,11 +52,18 @@ def fingerprint(
     target_length: int,
     source_length: int,
 ) -> dict[str, Any]:
-    """Plain (yaml/json-friendly) description of everything the weights depend on."""
+    """Plain (yaml/json-friendly) description of everything the weights depend on.
+
+    ``pretrained_embedding_sha256`` is the digest of ``E`` as the run loaded it;
+    with ``embedding_trained`` the checkpoint's ``E`` (``embedding_sha256``) has
+    moved away from it, so a loading run is compared on the pretrained one.
+    """
     return {
         "embedding": embedding,
         "embedding_shape": list(embedding_matrix.shape),
         "embedding_sha256": tensor_digest(embedding_matrix),
+        "pretrained_embedding_sha256": pretrained_embedding_sha256,
+        "embedding_trained": embedding_trained,
         "tokenizer_size": len(tokenizer),
         "tokenizer_sha256": tokenizer_digest(tokenizer),
         "vocabulary_size": int(vocabulary.numel()),
@@ -71,7 +80,7 @@ def fingerprint(
 # for a vocabulary takes the checkpoint's.
 COMPARED = {
     "tokenizer": ("embedding", "tokenizer_size", "tokenizer_sha256"),
-    "embedding matrix": ("embedding", "embedding_shape", "embedding_sha256"),
+    "embedding matrix": ("embedding", "embedding_shape", "pretrained_embedding_sha256"),
     "diffusion space": ("space",),
     "schedule": ("schedule",),
     "lengths": ("target_length", "source_length"),
@@ -91,14 +100,19 @@ def check_compatible(
 ) -> None:
     """Raise ``CheckpointMismatchError`` naming both sides of every group that differs.
 
-    Digests of the embedding matrix can differ by float rounding of the
-    standardisation on other hardware, so when the matrices themselves are
-    given, they are compared with a tolerance instead.
+    The embedding matrix is compared on the pretrained ``E`` each run started
+    from, so a run that trained ``E`` still fits its own checkpoint. Digests
+    can differ by float rounding of the standardisation on other hardware, so
+    when the checkpoint's ``E`` is the frozen pretrained one and both matrices
+    are given, they are compared with a tolerance instead.
     """
+    if "pretrained_embedding_sha256" not in saved:  # written before training E was told apart: E was frozen
+        saved = {**saved, "pretrained_embedding_sha256": saved.get("embedding_sha256"), "embedding_trained": False}
     problems = []
     for group, keys in COMPARED.items():
         differs = [key for key in keys if key != "embedding" and saved.get(key) != current.get(key)]
-        if group == "embedding matrix" and differs == ["embedding_sha256"] and saved_matrix is not None:
+        frozen = not saved["embedding_trained"] and saved_matrix is not None
+        if group == "embedding matrix" and differs == ["pretrained_embedding_sha256"] and frozen:
             if torch.allclose(saved_matrix.float().cpu(), current_matrix.float().cpu(), rtol=1e-4, atol=1e-5):
                 differs = []
         if differs:

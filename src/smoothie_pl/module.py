@@ -19,6 +19,7 @@ from smoothie_pl.fingerprint import (
     check_compatible,
     check_weights_fit,
     fingerprint,
+    tensor_digest,
     vocabulary_mismatch,
 )
 from smoothie_pl.metrics import SacreBLEU, TextMetrics, mbr_select
@@ -209,6 +210,7 @@ class SmoothieModule(L.LightningModule):
         self.sampler = build_sampler(sampler, steps=sampling_steps, noise_scale=sampling_noise_scale)
 
         embedding_matrix = load_embedding_matrix(embedding, per_feature_standardisation)
+        self.pretrained_embedding_sha256 = tensor_digest(embedding_matrix)  # what a trained E is checked on
         if train_embeddings:
             self.embedding_matrix = torch.nn.Parameter(embedding_matrix)
         else:
@@ -560,6 +562,8 @@ class SmoothieModule(L.LightningModule):
         return fingerprint(
             hp.embedding or PACKAGED_MODEL,
             self.embedding_matrix,
+            self.pretrained_embedding_sha256,
+            hp.train_embeddings,
             self.tokenizer,
             self.vocabulary,
             type(self.space).__name__,
@@ -583,6 +587,11 @@ class SmoothieModule(L.LightningModule):
                 f"checkpoint embedding matrix has shape {tuple(matrix.shape)} but this model's "
                 f"({self.hparams.embedding or 'packaged MiniLM'}) has {tuple(self.embedding_matrix.shape)}"
             )
+        # Vocabulary-shaped weights (a simplex model's linear token head) follow the stored vocabulary.
+        if "vocabulary" in state and not torch.equal(state["vocabulary"].cpu(), self.vocabulary.cpu()):
+            if self.vocabulary_requested:
+                raise vocabulary_mismatch(state["vocabulary"].cpu(), self.vocabulary.cpu(), self.tokenizer, name)
+            self._build_space(state["vocabulary"].to(self.embedding_matrix.device))
         saved_options = checkpoint.get("hyper_parameters", {})
         check_weights_fit(
             state,
@@ -592,7 +601,3 @@ class SmoothieModule(L.LightningModule):
             name,
             skip=CHECKED_SEPARATELY,
         )
-        if "vocabulary" in state and not torch.equal(state["vocabulary"].cpu(), self.vocabulary.cpu()):
-            if self.vocabulary_requested:
-                raise vocabulary_mismatch(state["vocabulary"].cpu(), self.vocabulary.cpu(), self.tokenizer, name)
-            self._build_space(state["vocabulary"].to(self.embedding_matrix.device))

@@ -14,15 +14,32 @@ def whitespace_tokenize(text: str) -> list[str]:
     return text.split()
 
 
+class PretrainedTokenize:
+    """The ``tokenize`` of a Hugging Face tokenizer (name or path), loaded on first use.
+
+    Building a metric (every config does, offline in the tests) then reads or
+    downloads nothing; the tokenizer is needed only once texts are scored.
+    """
+
+    def __init__(self, name_or_path: str) -> None:
+        self.name_or_path = name_or_path
+        self._tokenize: Tokenizer | None = None
+
+    def __call__(self, text: str) -> list[str]:
+        if self._tokenize is None:
+            from transformers import AutoTokenizer
+
+            self._tokenize = AutoTokenizer.from_pretrained(self.name_or_path).tokenize
+        return self._tokenize(text)
+
+
 def resolve_tokenizer(tokenizer: Tokenizer | str | None) -> Tokenizer:
     """Turn ``None`` (whitespace), a callable, or a Hugging Face tokenizer name/path into a callable."""
     if tokenizer is None:
         return whitespace_tokenize
     if callable(tokenizer):
         return tokenizer
-    from transformers import AutoTokenizer
-
-    return AutoTokenizer.from_pretrained(tokenizer).tokenize
+    return PretrainedTokenize(tokenizer)
 
 
 def ngrams(tokens: Sequence[str], n: int) -> list[tuple[str, ...]]:

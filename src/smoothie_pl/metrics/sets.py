@@ -39,7 +39,8 @@ class TextMetrics(torch.nn.Module):
     encoder; ``causal_lm``: for MAUVE and perplexity; ``jscore``: the keyword arguments of
     :class:`JScore`, its three models first), otherwise they are skipped and the
     reason is added to ``notes``. ``tracked`` is the first metric that remains, the one to
-    monitor for checkpointing. ``bleu_tokenizer`` is passed to :class:`CorpusBLEU`.
+    monitor for checkpointing. ``bleu_tokenizer`` is passed to :class:`CorpusBLEU`,
+    ``bertscore_num_layers`` to :class:`BERTScoreF1` (default: ``bert-score``'s layer).
     Being an ``nn.Module``, it moves with the LightningModule that owns it.
     """
 
@@ -49,6 +50,7 @@ class TextMetrics(torch.nn.Module):
         *,
         bleu_tokenizer: Tokenizer | str | None = None,
         bertscore_model: str | None = None,
+        bertscore_num_layers: int | None = None,
         causal_lm: str | None = None,
         jscore: dict | None = None,
     ) -> None:
@@ -80,7 +82,7 @@ class TextMetrics(torch.nn.Module):
             "div1": lambda: DistinctN(1),
             "div4": lambda: DistinctN(4),
             "sari": SARI,
-            "bertscore": lambda: BERTScoreF1(bertscore_model),
+            "bertscore": lambda: BERTScoreF1(bertscore_model, bertscore_num_layers),
             "diversity": Diversity,
             "mauve": lambda: MAUVE(causal_lm),
             "perplexity": lambda: Perplexity(causal_lm),

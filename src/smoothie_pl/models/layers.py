@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 import math
 
 import torch
@@ -15,20 +14,45 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 CPU_ATTENTION_BACKENDS = [SDPBackend.MATH]
 
 
-@functools.lru_cache(maxsize=32)
-def rotary_tables(length: int, half: int, device: torch.device, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
-    """cos and sin of position * frequency, ``[length, half]``; cached because every block asks for the same."""
+def rotary_tables(length: int, half: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """fp32 cos and sin of position * frequency, ``[length, half]``."""
     frequencies = 10_000.0 ** (-torch.arange(half, device=device, dtype=torch.float32) / half)
     angles = torch.arange(length, device=device, dtype=torch.float32)[:, None] * frequencies
-    return angles.cos().to(dtype), angles.sin().to(dtype)
+    return angles.cos(), angles.sin()
 
 
-def rotate(x: torch.Tensor) -> torch.Tensor:
+class RotaryTables:
+    """One attention's rotary tables, built once and reused while they still fit.
+
+    Kept per module rather than in a process-wide cache: a table built under
+    ``torch.inference_mode()`` (``trainer.predict``, ``generate`` in a notebook)
+    is an inference tensor that autograd refuses to save, so a training call
+    rebuilds it instead of failing. Not a buffer: nothing to save, broadcast or cast.
+    """
+
+    def __init__(self) -> None:
+        self.cos = self.sin = None
+
+    def __call__(self, length: int, half: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        if torch.compiler.is_compiling():  # traced and folded into constants instead
+            return rotary_tables(length, half, device)
+        cos = self.cos
+        if (
+            cos is None
+            or cos.shape[0] < length
+            or cos.shape[1] != half
+            or cos.device != device
+            or (cos.is_inference() and not torch.is_inference_mode_enabled())
+        ):
+            self.cos, self.sin = rotary_tables(length, half, device)
+        return self.cos[:length], self.sin[:length]
+
+
+def rotate(x: torch.Tensor, tables: RotaryTables | None = None) -> torch.Tensor:
     """Rotary position embedding of ``x [B, heads, length, head_dim]`` by position along ``length``."""
     half = x.shape[-1] // 2
-    # Under torch.compile the tables are traced (and folded into constants) instead of cached.
-    tables = rotary_tables.__wrapped__ if torch.compiler.is_compiling() else rotary_tables
-    cos, sin = tables(x.shape[-2], half, x.device, x.dtype)
+    cos, sin = (tables or rotary_tables)(x.shape[-2], half, x.device)
+    cos, sin = cos.to(x.dtype), sin.to(x.dtype)
     first, second = x[..., :half], x[..., half : 2 * half]
     rotated = torch.cat([first * cos - second * sin, first * sin + second * cos], dim=-1)
     return torch.cat([rotated, x[..., 2 * half :]], dim=-1)
@@ -49,6 +73,7 @@ class Attention(nn.Module):
         self.heads = heads
         self.dropout = dropout
         self.rope = rope
+        self.rotary_tables = RotaryTables() if rope else None
         self.query = nn.Linear(width, width)
         self.key_value = nn.Linear(width, 2 * width)
         self.out = nn.Linear(width, width)
@@ -61,7 +86,7 @@ class Attention(nn.Module):
         k, v = self.key_value(context).view(batch, context.shape[1], 2, self.heads, -1).unbind(2)
         k, v = k.transpose(1, 2), v.transpose(1, 2)
         if self.rope:
-            q, k = rotate(q), rotate(k)
+            q, k = rotate(q, self.rotary_tables), rotate(k, self.rotary_tables)
         mask = None if key_padding_mask is None else key_padding_mask[:, None, None, :]
         dropout = self.dropout if self.training else 0.0
         if x.device.type == "cpu":

@@ -6,15 +6,17 @@ import os
 import sys
 from pathlib import Path
 
+from lightning.fabric.plugins import CheckpointIO
 from lightning.pytorch.callbacks import ModelCheckpoint, ProgressBar, RichProgressBar
 from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.utilities import rank_zero_info
 
-from smoothie_pl.callbacks import JsonlPredictionWriter, NonFiniteGuard, SmoothieEMA
+from smoothie_pl.callbacks import JsonlPredictionWriter, NonFiniteGuard, SmoothieEMA, VerifiedCheckpointIO
+from smoothie_pl.checkpoint_io import newest_intact, read_checkpoint, remove_temporary_files
 from smoothie_pl.config_checks import config_errors
 from smoothie_pl.data import Seq2SeqDataModule
-from smoothie_pl.errors import ConfigError, SmoothieError
-from smoothie_pl.fingerprint import check_checkpoint_file
+from smoothie_pl.errors import CheckpointError, ConfigError, SmoothieError
+from smoothie_pl.fingerprint import CHECKPOINT_KEY
 from smoothie_pl.module import SmoothieModule
 
 
@@ -35,6 +37,10 @@ GENERATION_OPTIONS = (
     "recase",
     "seed",
 )
+# ``--ckpt_path`` values Lightning resolves itself.
+CHECKPOINT_ALIASES = ("best", "last", "hpc", "registry")
+# What a checkpoint needs to resume a run of this CLI from: other files in the run folder are skipped.
+RESUMABLE_ENTRIES = ("state_dict", "loops", CHECKPOINT_KEY)
 
 
 def data_vocabulary(data: Seq2SeqDataModule) -> list[int] | None:
@@ -74,12 +80,17 @@ class SmoothieCLI(LightningCLI):
             raise ConfigError("impossible configuration values:\n  " + "\n  ".join(errors))
 
     def instantiate_trainer(self, **kwargs):
-        """Use a Rich progress bar unless the config disables progress bars or brings its own."""
+        """Use a Rich progress bar unless the config disables progress bars or brings its own, and
+        ``VerifiedCheckpointIO`` unless the config brings another checkpoint plugin."""
         trainer_config = self._get(self.config_init, "trainer", default={})
         callbacks = list(trainer_config.get("callbacks") or [])
         wants_bar = trainer_config.get("enable_progress_bar") is not False
         if wants_bar and not any(isinstance(callback, ProgressBar) for callback in callbacks):
             trainer_config["callbacks"] = [*callbacks, RichProgressBar()]
+        plugins = trainer_config.get("plugins") or []
+        plugins = list(plugins) if isinstance(plugins, (list, tuple)) else [plugins]
+        if not any(isinstance(plugin, CheckpointIO) for plugin in plugins):
+            trainer_config["plugins"] = [*plugins, VerifiedCheckpointIO()]
         trainer = super().instantiate_trainer(**kwargs)
         for callback in trainer.checkpoint_callbacks:
             if isinstance(callback, ModelCheckpoint) and callback.dirpath is None:
@@ -88,7 +99,7 @@ class SmoothieCLI(LightningCLI):
         return trainer
 
     def before_fit(self) -> None:
-        """Resume from the run's newest ``last*.ckpt`` (or SLURM requeue checkpoint) unless a ckpt_path is given."""
+        """Resume from the run's newest intact checkpoint unless a ckpt_path is given."""
         config = self.config_init[self.subcommand]
         if config.get("ckpt_path") is None:
             resume = newest_checkpoint(self.trainer)
@@ -97,16 +108,44 @@ class SmoothieCLI(LightningCLI):
                 config["ckpt_path"] = str(resume)
 
 
-def newest_checkpoint(trainer) -> Path | None:
-    """The newest of the run's ``last*.ckpt`` files and the ``hpc_ckpt_*.ckpt`` Lightning saves before a requeue.
+def run_checkpoints(trainer) -> list[Path]:
+    """Every checkpoint file of the run: those of its checkpoint callbacks' folders and Lightning's requeue ones.
 
     Absolute, so that the path logged and restored does not depend on the working directory.
     """
     candidates = list(Path(trainer.default_root_dir).resolve().glob("hpc_ckpt_*.ckpt"))
     for callback in trainer.checkpoint_callbacks:
         if isinstance(callback, ModelCheckpoint) and callback.dirpath is not None:
-            candidates += Path(callback.dirpath).resolve().glob(f"{callback.CHECKPOINT_NAME_LAST}*{callback.FILE_EXTENSION}")
-    return max(candidates, key=lambda path: path.stat().st_mtime, default=None)
+            candidates += Path(callback.dirpath).resolve().glob(f"*{callback.FILE_EXTENSION}")
+    return candidates
+
+
+def newest_checkpoint(trainer) -> Path | None:
+    """The newest intact checkpoint of the run (``checkpoint_io.newest_intact``), after removing killed saves' leftovers.
+
+    Any of the run's checkpoints counts, not only ``last.ckpt``: a run killed while writing its
+    first ``last.ckpt``, or one configured without ``save_last``, resumes from the others.
+    """
+    folders = {Path(trainer.default_root_dir)} | {
+        Path(callback.dirpath) for callback in trainer.checkpoint_callbacks
+        if isinstance(callback, ModelCheckpoint) and callback.dirpath is not None
+    }
+    if trainer.is_global_zero:
+        for folder in folders:
+            for leftover in remove_temporary_files(folder):
+                rank_zero_info(f"removed {leftover}, left by a checkpoint write that did not finish")
+    return newest_intact(run_checkpoints(trainer), required=RESUMABLE_ENTRIES)
+
+
+def check_checkpoint_file(path: str | None) -> None:
+    """Raise ``CheckpointError`` unless ``path`` is empty, an alias or a readable Lightning checkpoint.
+
+    Only its structure is read here (memory-mapped); loading it verifies every tensor.
+    """
+    if not path or path in CHECKPOINT_ALIASES:
+        return
+    if "state_dict" not in read_checkpoint(path):
+        raise CheckpointError(f"{path} is not a Lightning checkpoint (it has no 'state_dict')")
 
 
 def build_cli(args: list[str] | None = None, run: bool = True) -> SmoothieCLI:

@@ -37,3 +37,7 @@ class OutputMismatchError(SmoothieError, ValueError):
 
 class NonFiniteLossError(SmoothieError, FloatingPointError):
     """Training produced a NaN or infinite loss or gradient."""
+
+
+class CheckpointWriteError(SmoothieError, OSError):
+    """A checkpoint could not be written (e.g. the disk is full); the previous file at its path is unchanged."""

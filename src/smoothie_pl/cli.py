@@ -3,19 +3,24 @@
 from __future__ import annotations
 
 import os
+import re
 import sys
+import traceback
 from pathlib import Path
+
+import yaml
 
 from lightning.fabric.plugins import CheckpointIO
 from lightning.pytorch.callbacks import ModelCheckpoint, ProgressBar, RichProgressBar
-from lightning.pytorch.cli import LightningCLI
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.utilities import rank_zero_info
 
+from smoothie_pl.arguments import closest
 from smoothie_pl.callbacks import JsonlPredictionWriter, NonFiniteGuard, SmoothieEMA, VerifiedCheckpointIO
 from smoothie_pl.checkpoint_io import newest_intact, read_checkpoint, remove_temporary_files
 from smoothie_pl.config_checks import config_errors
 from smoothie_pl.data import Seq2SeqDataModule
-from smoothie_pl.errors import CheckpointError, ConfigError, SmoothieError
+from smoothie_pl.errors import CheckpointError, ConfigError, SmoothieError, UsageError
 from smoothie_pl.fingerprint import CHECKPOINT_KEY
 from smoothie_pl.module import SmoothieModule
 
@@ -47,8 +52,26 @@ def data_vocabulary(data: Seq2SeqDataModule) -> list[int] | None:
     return data.vocabulary()
 
 
+class SmoothieArgumentParser(LightningArgumentParser):
+    """Raises ``UsageError`` (one line, the closest real key to an unknown one) instead of printing the usage."""
+
+    def error(self, message: str, ex: Exception | None = None):
+        parser = getattr(ex, "subcommand_parser", None) or self
+        line = " ".join(message.split())
+        unknown = re.findall(r"(--[\w.]+)", line) if line.lower().startswith("unrecognized arguments") else []
+        keys = [f"--{key}" for key in parser.get_defaults().keys()] if unknown else []
+        suggestions = [f"{option}{closest(option, keys)}" for option in unknown if closest(option, keys)]
+        if suggestions:
+            line += "; " + "; ".join(suggestions)
+        raise UsageError(line, f"run `{parser.prog.replace(' [options]', '')} --help` for the accepted options") from ex
+
+
 class SmoothieCLI(LightningCLI):
     """Links the data's tokenizer and lengths to the model, and adds the callbacks every run needs."""
+
+    def init_parser(self, **kwargs) -> LightningArgumentParser:
+        """Command-line keys must be given in full: a prefix of a real key is an error, not that key."""
+        return super().init_parser(**{**kwargs, "allow_abbrev": False})
 
     def add_arguments_to_parser(self, parser) -> None:
         parser.add_lightning_class_args(SmoothieEMA, "ema")
@@ -154,6 +177,7 @@ def build_cli(args: list[str] | None = None, run: bool = True) -> SmoothieCLI:
         SmoothieModule,
         Seq2SeqDataModule,
         subclass_mode_data=True,
+        parser_class=SmoothieArgumentParser,
         save_config_kwargs={"overwrite": True},
         args=args,
         run=run,
@@ -167,20 +191,55 @@ def smoothie_cause(error: BaseException | None) -> SmoothieError | None:
     return error
 
 
+def yaml_syntax_error(args: list[str]) -> str | None:
+    """``file:line:column: problem`` for the first ``--config`` file that is not valid yaml (the parser names neither)."""
+    for flag, value in zip(args, args[1:]):
+        if flag in ("--config", "-c") and Path(value).is_file():
+            try:
+                yaml.safe_load(Path(value).read_text(encoding="utf-8", errors="replace"))
+            except yaml.MarkedYAMLError as error:
+                mark = error.problem_mark or error.context_mark
+                where = f"{value}:{mark.line + 1}:{mark.column + 1}" if mark else value
+                return f"{where}: invalid yaml: {error.problem or error.context}"
+    return None
+
+
 def run(args: list[str] | None = None) -> int:
-    """Run the CLI and return its exit status; a ``SmoothieError`` is one message on stderr, not a traceback."""
+    """Run the CLI and return its exit status.
+
+    Every error is one line on stderr (``smoothie: error: ...``), a usage error with a
+    hint, never a traceback, unless ``--debug`` is given or ``SMOOTHIE_DEBUG=1`` is set.
+    """
+    args = list(sys.argv[1:] if args is None else args)
+    debug = "--debug" in args or os.environ.get("SMOOTHIE_DEBUG", "") not in ("", "0")
+    args = [arg for arg in args if arg != "--debug"]
+    problem = yaml_syntax_error(args)
+    if problem:
+        print(f"smoothie: error: {problem}", file=sys.stderr)
+        return 2
     try:
         build_cli(args)
-    except SystemExit as exit:  # the parser's errors (unknown keys, wrong types) and --help
+    except SystemExit as exit:  # --help, and errors Lightning reports by exiting
         if exit.code is None or isinstance(exit.code, int):
             return exit.code or 0
         print(exit.code, file=sys.stderr)
         return 1
     except Exception as error:
+        if debug:
+            traceback.print_exc()
         cause = smoothie_cause(error)
-        if cause is None:
-            raise
-        print(f"smoothie: error: {cause}", file=sys.stderr)
+        if isinstance(cause, UsageError):
+            print(f"smoothie: error: {cause}\nhint: {cause.hint}", file=sys.stderr)
+            return 2
+        if cause is not None:
+            print(f"smoothie: error: {cause}", file=sys.stderr)
+        else:
+            message = " ".join(str(error).split()) or "(no message)"
+            print(
+                f"smoothie: error: unexpected {type(error).__name__}: {message} "
+                "(run again with --debug for the traceback)",
+                file=sys.stderr,
+            )
         return 1
     return 0
 

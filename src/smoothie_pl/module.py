@@ -9,6 +9,7 @@ import lightning as L
 import torch
 from torchmetrics import MeanMetric
 
+from smoothie_pl.arguments import check_generate_arguments, options_of, warn_long_sources
 from smoothie_pl.checkpoint_io import load_verified
 from smoothie_pl.diffusion import SPACES, Schedule, build_sampler, build_schedule
 from smoothie_pl.diffusion.embedding_losses import decoding_cross_entropy, prior_matching_loss
@@ -35,7 +36,7 @@ CHECKED_SEPARATELY = ("embedding_matrix", "vocabulary")
 
 def _as(cls, value):
     """Accept a config object or its plain-dict form (how hyperparameters come back from a checkpoint)."""
-    return value if isinstance(value, cls) else cls(**value)
+    return options_of(cls, value, "denoiser")
 
 
 def combined_seed(*seeds: int) -> int:
@@ -437,8 +438,8 @@ class SmoothieModule(L.LightningModule):
         seeded per batch from its position, counted from ``first_index``: a list
         cut at multiples of ``batch_size`` gives the same texts piece by piece.
         """
-        if isinstance(sources, str):
-            raise TypeError("generate expects a list of source strings, got a single string")
+        check_generate_arguments(sources, steps, seed, batch_size, candidates, first_index)
+        warn_long_sources(self.source_tokenizer, sources, self.hparams.source_length)
         was_training = self.training
         self.eval()
         seed = self.hparams.seed if seed is None else seed

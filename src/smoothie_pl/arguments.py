@@ -14,9 +14,9 @@ from dataclasses import fields
 from typing import Any
 
 
-def closest(name: str, choices) -> str:
-    """`` (did you mean 'x'?)`` for the choice nearest ``name``, or nothing when none is near."""
-    match = difflib.get_close_matches(name, list(choices), n=1, cutoff=0.6)
+def closest(name: str, choices, cutoff: float = 0.6) -> str:
+    """`` (did you mean 'x'?)`` for the choice nearest ``name``, or nothing when none is within ``cutoff``."""
+    match = difflib.get_close_matches(name, list(choices), n=1, cutoff=cutoff)
     return f" (did you mean {match[0]!r}?)" if match else ""
 
 

@@ -60,7 +60,8 @@ class SmoothieArgumentParser(LightningArgumentParser):
         line = " ".join(message.split())
         unknown = re.findall(r"(--[\w.]+)", line) if line.lower().startswith("unrecognized arguments") else []
         keys = [f"--{key}" for key in parser.get_defaults().keys()] if unknown else []
-        suggestions = [f"{option}{closest(option, keys)}" for option in unknown if closest(option, keys)]
+        # Dotted keys share long prefixes, so only a near-identical key is suggested.
+        suggestions = [f"{option}{closest(option, keys, 0.85)}" for option in unknown if closest(option, keys, 0.85)]
         if suggestions:
             line += "; " + "; ".join(suggestions)
         raise UsageError(line, f"run `{parser.prog.replace(' [options]', '')} --help` for the accepted options") from ex

@@ -64,7 +64,8 @@ class SmoothieArgumentParser(LightningArgumentParser):
         suggestions = [f"{option}{closest(option, keys, 0.85)}" for option in unknown if closest(option, keys, 0.85)]
         if suggestions:
             line += "; " + "; ".join(suggestions)
-        raise UsageError(line, f"run `{parser.prog.replace(' [options]', '')} --help` for the accepted options") from ex
+        command = " ".join(["smoothie", *parser.prog.replace(" [options]", "").split()[1:]])  # not python's argv[0]
+        raise UsageError(line, f"run `{command} --help` for the accepted options") from ex
 
 
 class SmoothieCLI(LightningCLI):

@@ -1,6 +1,7 @@
 """Every user mistake ends in one line naming it (CLI) or an exception naming the argument (Python API)."""
 
 import json
+import os
 import subprocess
 
 import pytest
@@ -11,7 +12,7 @@ from smoothie_pl.data.jsonl import read_jsonl_pairs
 from smoothie_pl.errors import DataError
 
 from .conftest import PAIRS
-from .test_cli import SMOOTHIE, TINY
+from .test_cli import ROOT, SMOOTHIE, TINY
 from .test_module import tiny_module
 
 
@@ -154,7 +155,7 @@ def test_a_misspelt_denoiser_option_names_the_closest_real_one(word_model):
 def test_the_console_script_hides_tracebacks_of_usage_errors(tmp_path):
     done = subprocess.run(
         [str(SMOOTHIE), "fit", "--config", str(TINY), "--trainer.max_step", "3"],
-        cwd=tmp_path, capture_output=True, text=True,
+        cwd=tmp_path, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT / "src")},
     )
     assert done.returncode == 2
     assert "Traceback" not in done.stderr

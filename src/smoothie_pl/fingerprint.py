@@ -27,7 +27,9 @@ def tensor_digest(tensor: torch.Tensor) -> str:
     """Short SHA-256 of a tensor's values (dtype and shape included)."""
     header = f"{tensor.dtype}{tuple(tensor.shape)}".encode()
     values = tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8)  # reshape: 0-d tensors too
-    return hashlib.sha256(header + values.numpy().tobytes()).hexdigest()[:DIGEST_CHARS]
+    digest = hashlib.sha256(header)
+    digest.update(values.numpy())  # hashed in place: no copy of the bytes
+    return digest.hexdigest()[:DIGEST_CHARS]
 
 
 def tokenizer_digest(tokenizer) -> str:

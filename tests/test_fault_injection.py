@@ -1,6 +1,6 @@
 """``smoothie fit`` and ``smoothie predict`` killed with SIGKILL at seeded moments, then rerun, end as if never killed.
 
-Each kill is one process (tests/helpers/kill_at.py) killed at a moment counted from
+Each kill is one process (tests/scripts/kill_at.py) killed at a moment counted from
 its own start: after a training step, part-way through a checkpoint write, between
 a write and its rename, part-way through a predictions batch or the final merge. The
 runs continue one another in the same run folder, as a user's reruns would.
@@ -22,7 +22,7 @@ from smoothie_pl.checkpoint_io import load_verified
 from .test_cli import ROOT
 from .test_resume import write_config
 
-KILLER = ROOT / "tests" / "helpers" / "kill_at.py"
+KILLER = ROOT / "tests" / "scripts" / "kill_at.py"
 STEPS = 6
 KILLS = 10
 

@@ -10,7 +10,9 @@ import yaml
 
 from lightning.pytorch.callbacks import ModelCheckpoint
 
+from smoothie_pl.checkpoint_io import save_atomically
 from smoothie_pl.cli import build_cli, newest_checkpoint
+from smoothie_pl.fingerprint import CHECKPOINT_KEY
 
 STEPS = 6  # 8 pairs in batches of 2: four steps an epoch, the end inside the second epoch
 
@@ -107,17 +109,18 @@ def test_the_newest_checkpoint_is_found_as_an_absolute_path_from_a_relative_run_
     monkeypatch.chdir(tmp_path)
     older = ({"runs/job/hpc_ckpt_1.ckpt", "runs/job/checkpoints/last.ckpt"} - {newest}).pop()
     for mtime, name in enumerate([older, newest]):
-        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
-        (tmp_path / name).touch()
+        save_atomically({"state_dict": {}, "loops": {}, CHECKPOINT_KEY: {}}, tmp_path / name)
         os.utime(tmp_path / name, (1_000_000 + mtime, 1_000_000 + mtime))
     trainer = SimpleNamespace(
-        default_root_dir="runs/job", checkpoint_callbacks=[ModelCheckpoint(dirpath="runs/job/checkpoints")]
+        default_root_dir="runs/job",
+        checkpoint_callbacks=[ModelCheckpoint(dirpath="runs/job/checkpoints")],
+        is_global_zero=True,
     )
     assert newest_checkpoint(trainer) == tmp_path.resolve() / newest
 
 
 def test_a_run_without_checkpoints_starts_fresh(tmp_path):
-    trainer = SimpleNamespace(default_root_dir=str(tmp_path), checkpoint_callbacks=[ModelCheckpoint()])
+    trainer = SimpleNamespace(default_root_dir=str(tmp_path), checkpoint_callbacks=[ModelCheckpoint()], is_global_zero=True)
     assert newest_checkpoint(trainer) is None
 
 

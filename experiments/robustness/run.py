@@ -138,6 +138,53 @@ def checkpoint(work: Path) -> str:
     return str(work / "trained" / "checkpoints" / "last.ckpt")
 
 
+class Payload:
+    """Unpickling this ends the process with status 99: what a crafted checkpoint's code could do instead."""
+
+    def __reduce__(self):
+        return exec, ("raise SystemExit(99)",)
+
+
+def crafted_checkpoint(path: Path) -> None:
+    import torch
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"state_dict": {}, "loops": {}, "payload": Payload()}, path)
+
+
+def damaged_copy(checkpoint: str, path: Path, how: str) -> None:
+    """A copy of ``checkpoint`` with random bytes in its largest record, NaN weights, or cut in half."""
+    import torch
+    import zipfile
+
+    from smoothie_pl.checkpoint_io import save_atomically
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if how == "nan":
+        content = torch.load(checkpoint, weights_only=True)
+        next(iter(content["state_dict"].values())).fill_(float("nan"))
+        save_atomically(content, path)
+        return
+    shutil.copyfile(checkpoint, path)
+    if how == "truncated":
+        path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+        return
+    with zipfile.ZipFile(path) as archive:
+        largest = max(archive.infolist(), key=lambda info: info.compress_size)
+    with path.open("r+b") as handle:  # the record's data starts after its local header
+        handle.seek(largest.header_offset + 26)
+        skip = sum(int.from_bytes(handle.read(2), "little") for _ in range(2))
+        handle.seek(largest.header_offset + 30 + skip + largest.compress_size // 3)
+        handle.write(os.urandom(min(1 << 20, largest.compress_size // 3)))
+
+
+def truncated_last_beside_intact(checkpoint: str, run: Path) -> None:
+    """A run folder whose last.ckpt was cut off by a kill, written after an intact step checkpoint."""
+    (run / "checkpoints").mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(checkpoint, run / "checkpoints" / "epoch=0-step=2.ckpt")
+    damaged_copy(checkpoint, run / "checkpoints" / "last.ckpt", "truncated")
+
+
 def copy_into_run(checkpoint: str, run: Path) -> None:
     """Make ``checkpoint`` the last.ckpt of ``run``, which ``fit`` then resumes from."""
     (run / "checkpoints").mkdir(parents=True, exist_ok=True)
@@ -199,6 +246,22 @@ def cases(work: Path) -> list[Case]:
             bad_train(b"{", b"[]"),
         ),
         Case(
+            "directory given as train file",
+            [*fit, "--data.init_args.train_file", str(data)],
+            1,
+            ["data file", "is a directory"],
+            lambda _: write_pairs(train, SENTENCES),
+        ),
+        Case("duplicate JSON key", fit, 1, ["train.jsonl:3", "'trg' is given twice"],
+             bad_train(b'{"src": "a", "trg": "b", "trg": "c"}')),
+        Case(
+            "texts mostly unknown tokens",
+            fit,
+            0,
+            ["train split: 1 of 5 sources", "mostly [UNK]"],
+            bad_train(json.dumps({"src": "\U0001F600 \U0001F603 \U0001F604 \U0001F601", "trg": "b"}).encode()),
+        ),
+        Case(
             "overlong texts truncated",
             [*fit, "--model.target_length", "4"],
             0,
@@ -229,7 +292,20 @@ def cases(work: Path) -> list[Case]:
         Case("unknown data key", [*fit, "--data.init_args.batchsize", "4"], 2, ["batchsize"]),
         Case("text where a number belongs", [*fit, "--model.sampling_steps", "many"], 2, ["sampling_steps"]),
         Case("config file does not exist", ["fit", "--config", str(work / "nope.yaml")], 2, ["nope.yaml"]),
-        Case("malformed yaml", ["fit", "--config", str(work / "broken.yaml")], 2, ["parsing config", "line 1"], broken_yaml),
+        Case("malformed yaml", ["fit", "--config", str(work / "broken.yaml")], 2, ["broken.yaml:2:1", "invalid yaml"], broken_yaml),
+        Case("misspelt nested key", [*fit, "--model.denoiser.widht", "8"], 1, ["model.denoiser.widht", "'width'"]),
+        Case("abbreviated key", [*fit, "--model.sampling_step", "3"], 2, ["did you mean '--model.sampling_steps'"]),
+        Case("misspelt subcommand", ["fitt", *base_args(work)], 2, ["invalid choice: 'fitt'"]),
+        Case("guidance without CFG dropout", [*fit, "--model.guidance_weight", "1"], 1, ["model.guidance_weight", "cfg_dropout"]),
+        Case("token head on the Smoothie space", [*fit, "--model.token_head", "linear"], 1, ["model.token_head", "simplex"]),
+        Case(
+            "global batch with accumulation",
+            [*fit, "--data.init_args.global_batch_size", "4", "--trainer.accumulate_grad_batches", "2"],
+            1,
+            ["data.init_args.global_batch_size", "accumulate_grad_batches"],
+        ),
+        Case("unknown if_exists choice", [*fit, "--prediction_writer.if_exists", "append"], 1, ["prediction_writer.if_exists"]),
+        Case("embedding path does not exist", [*fit, "--model.embedding", str(work / "no-model")], 1, ["model.embedding", "no-model"]),
         Case("unknown data class", [*fit, "--data.class_path", "smoothie_pl.data.NoSuchData"], 2, ["NoSuchData"]),
         *(Case(name, [*fit, option, value], 1, names) for name, option, value, names in impossible_values),
     ]
@@ -285,6 +361,41 @@ def cases(work: Path) -> list[Case]:
             ["non-finite", "at step", "batch index", "Last good checkpoint"],
         ),
         Case("resuming fit from a non-checkpoint", [*fit, "--ckpt_path", str(work / "text.ckpt")], 1, ["text.ckpt"]),
+        Case(
+            "crafted pickle as --ckpt_path",
+            [*predict, "--ckpt_path", str(work / "crafted.ckpt")],
+            1,
+            ["crafted.ckpt cannot be read (UnpicklingError)"],
+            lambda _: crafted_checkpoint(work / "crafted.ckpt"),
+        ),
+        Case(
+            "crafted pickle as the run's last.ckpt",
+            fit,
+            0,
+            ["skipping checkpoint", "UnpicklingError"],
+            lambda _: crafted_checkpoint(run_dir(work, "crafted pickle as the run's last.ckpt") / "checkpoints" / "last.ckpt"),
+        ),
+        Case(
+            "random bytes in the largest record",
+            [*predict, "--ckpt_path", str(work / "bytes.ckpt")],
+            1,
+            ["bytes.ckpt is damaged: tensor", "does not match its stored digest"],
+            lambda _: damaged_copy(ckpt, work / "bytes.ckpt", "bytes"),
+        ),
+        Case(
+            "NaN weights",
+            [*predict, "--ckpt_path", str(work / "nan.ckpt")],
+            1,
+            ["nan.ckpt holds non-finite weights: the first is state_dict/"],
+            lambda _: damaged_copy(ckpt, work / "nan.ckpt", "nan"),
+        ),
+        Case(
+            "truncated last.ckpt beside an intact one",
+            fit,
+            0,
+            ["skipping checkpoint", "last.ckpt"],
+            lambda _: truncated_last_beside_intact(ckpt, run_dir(work, "truncated last.ckpt beside an intact one")),
+        ),
         Case(
             widened,  # resumed from its own last.ckpt: --ckpt_path would take the checkpoint's options instead
             [*fit, "--model.denoiser.width", "48"],
@@ -363,6 +474,8 @@ def main(argv: list[str] | None = None) -> int:
     options = parser.parse_args(argv)
     for variable in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE"):
         os.environ[variable] = "1"
+    # torch < 2.6's default: every load that does not ask for weights_only itself would unpickle code.
+    os.environ["TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD"] = "1"
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     invoke = invoke_subprocess if options.subprocess else invoke_in_process
     transformers.utils.logging.disable_progress_bar()

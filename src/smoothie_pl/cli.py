@@ -3,19 +3,26 @@
 from __future__ import annotations
 
 import os
+import re
 import sys
+import traceback
 from pathlib import Path
 
+import yaml
+
+from lightning.fabric.plugins import CheckpointIO
 from lightning.pytorch.callbacks import ModelCheckpoint, ProgressBar, RichProgressBar
-from lightning.pytorch.cli import LightningCLI
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
-from smoothie_pl.callbacks import JsonlPredictionWriter, NonFiniteGuard, SmoothieEMA
+from smoothie_pl.arguments import closest
+from smoothie_pl.callbacks import JsonlPredictionWriter, NonFiniteGuard, SmoothieEMA, VerifiedCheckpointIO
+from smoothie_pl.checkpoint_io import newest_intact, read_checkpoint, remove_temporary_files
 from smoothie_pl.config_checks import config_errors
 from smoothie_pl.data import Seq2SeqDataModule
-from smoothie_pl.errors import ConfigError, SmoothieError
-from smoothie_pl.fingerprint import check_checkpoint_file
 from smoothie_pl import hardware
+from smoothie_pl.errors import CheckpointError, ConfigError, SmoothieError, UsageError
+from smoothie_pl.fingerprint import CHECKPOINT_KEY
 from smoothie_pl.module import SmoothieModule
 
 
@@ -36,14 +43,38 @@ GENERATION_OPTIONS = (
     "recase",
     "seed",
 )
+# ``--ckpt_path`` values Lightning resolves itself.
+CHECKPOINT_ALIASES = ("best", "last", "hpc", "registry")
+# What a checkpoint needs to resume a run of this CLI from: other files in the run folder are skipped.
+RESUMABLE_ENTRIES = ("state_dict", "loops", CHECKPOINT_KEY)
 
 
 def data_vocabulary(data: Seq2SeqDataModule) -> list[int] | None:
     return data.vocabulary()
 
 
+class SmoothieArgumentParser(LightningArgumentParser):
+    """Raises ``UsageError`` (one line, the closest real key to an unknown one) instead of printing the usage."""
+
+    def error(self, message: str, ex: Exception | None = None):
+        parser = getattr(ex, "subcommand_parser", None) or self
+        line = " ".join(message.split())
+        unknown = re.findall(r"(--[\w.]+)", line) if line.lower().startswith("unrecognized arguments") else []
+        keys = [f"--{key}" for key in parser.get_defaults().keys()] if unknown else []
+        # Dotted keys share long prefixes, so only a near-identical key is suggested.
+        suggestions = [f"{option}{closest(option, keys, 0.85)}" for option in unknown if closest(option, keys, 0.85)]
+        if suggestions:
+            line += "; " + "; ".join(suggestions)
+        command = " ".join(["smoothie", *parser.prog.replace(" [options]", "").split()[1:]])  # not python's argv[0]
+        raise UsageError(line, f"run `{command} --help` for the accepted options") from ex
+
+
 class SmoothieCLI(LightningCLI):
     """Links the data's tokenizer and lengths to the model, and adds the callbacks every run needs."""
+
+    def init_parser(self, **kwargs) -> LightningArgumentParser:
+        """Command-line keys must be given in full: a prefix of a real key is an error, not that key."""
+        return super().init_parser(**{**kwargs, "allow_abbrev": False})
 
     def add_arguments_to_parser(self, parser) -> None:
         parser.add_lightning_class_args(SmoothieEMA, "ema")
@@ -76,12 +107,17 @@ class SmoothieCLI(LightningCLI):
         choose_precision(self.config[subcommand] if subcommand else self.config)
 
     def instantiate_trainer(self, **kwargs):
-        """Use a Rich progress bar unless the config disables progress bars or brings its own."""
+        """Use a Rich progress bar unless the config disables progress bars or brings its own, and
+        ``VerifiedCheckpointIO`` unless the config brings another checkpoint plugin."""
         trainer_config = self._get(self.config_init, "trainer", default={})
         callbacks = list(trainer_config.get("callbacks") or [])
         wants_bar = trainer_config.get("enable_progress_bar") is not False
         if wants_bar and not any(isinstance(callback, ProgressBar) for callback in callbacks):
             trainer_config["callbacks"] = [*callbacks, RichProgressBar()]
+        plugins = trainer_config.get("plugins") or []
+        plugins = list(plugins) if isinstance(plugins, (list, tuple)) else [plugins]
+        if not any(isinstance(plugin, CheckpointIO) for plugin in plugins):
+            trainer_config["plugins"] = [*plugins, VerifiedCheckpointIO()]
         trainer = super().instantiate_trainer(**kwargs)
         for callback in trainer.checkpoint_callbacks:
             if isinstance(callback, ModelCheckpoint) and callback.dirpath is None:
@@ -90,7 +126,7 @@ class SmoothieCLI(LightningCLI):
         return trainer
 
     def before_fit(self) -> None:
-        """Resume from the run's newest ``last*.ckpt`` (or SLURM requeue checkpoint) unless a ckpt_path is given."""
+        """Resume from the run's newest intact checkpoint unless a ckpt_path is given."""
         config = self.config_init[self.subcommand]
         if config.get("ckpt_path") is None:
             resume = newest_checkpoint(self.trainer)
@@ -117,16 +153,44 @@ def choose_precision(config) -> None:
                        "matmuls are emulated and far slower than 32-true; leave precision out to choose automatically")
 
 
-def newest_checkpoint(trainer) -> Path | None:
-    """The newest of the run's ``last*.ckpt`` files and the ``hpc_ckpt_*.ckpt`` Lightning saves before a requeue.
+def run_checkpoints(trainer) -> list[Path]:
+    """Every checkpoint file of the run: those of its checkpoint callbacks' folders and Lightning's requeue ones.
 
     Absolute, so that the path logged and restored does not depend on the working directory.
     """
     candidates = list(Path(trainer.default_root_dir).resolve().glob("hpc_ckpt_*.ckpt"))
     for callback in trainer.checkpoint_callbacks:
         if isinstance(callback, ModelCheckpoint) and callback.dirpath is not None:
-            candidates += Path(callback.dirpath).resolve().glob(f"{callback.CHECKPOINT_NAME_LAST}*{callback.FILE_EXTENSION}")
-    return max(candidates, key=lambda path: path.stat().st_mtime, default=None)
+            candidates += Path(callback.dirpath).resolve().glob(f"*{callback.FILE_EXTENSION}")
+    return candidates
+
+
+def newest_checkpoint(trainer) -> Path | None:
+    """The newest intact checkpoint of the run (``checkpoint_io.newest_intact``), after removing killed saves' leftovers.
+
+    Any of the run's checkpoints counts, not only ``last.ckpt``: a run killed while writing its
+    first ``last.ckpt``, or one configured without ``save_last``, resumes from the others.
+    """
+    folders = {Path(trainer.default_root_dir)} | {
+        Path(callback.dirpath) for callback in trainer.checkpoint_callbacks
+        if isinstance(callback, ModelCheckpoint) and callback.dirpath is not None
+    }
+    if trainer.is_global_zero:
+        for folder in folders:
+            for leftover in remove_temporary_files(folder):
+                rank_zero_info(f"removed {leftover}, left by a checkpoint write that did not finish")
+    return newest_intact(run_checkpoints(trainer), required=RESUMABLE_ENTRIES)
+
+
+def check_checkpoint_file(path: str | None) -> None:
+    """Raise ``CheckpointError`` unless ``path`` is empty, an alias or a readable Lightning checkpoint.
+
+    Only its structure is read here (memory-mapped); loading it verifies every tensor.
+    """
+    if not path or path in CHECKPOINT_ALIASES:
+        return
+    if "state_dict" not in read_checkpoint(path):
+        raise CheckpointError(f"{path} is not a Lightning checkpoint (it has no 'state_dict')")
 
 
 def build_cli(args: list[str] | None = None, run: bool = True) -> SmoothieCLI:
@@ -135,6 +199,7 @@ def build_cli(args: list[str] | None = None, run: bool = True) -> SmoothieCLI:
         SmoothieModule,
         Seq2SeqDataModule,
         subclass_mode_data=True,
+        parser_class=SmoothieArgumentParser,
         save_config_kwargs={"overwrite": True},
         args=args,
         run=run,
@@ -148,20 +213,55 @@ def smoothie_cause(error: BaseException | None) -> SmoothieError | None:
     return error
 
 
+def yaml_syntax_error(args: list[str]) -> str | None:
+    """``file:line:column: problem`` for the first ``--config`` file that is not valid yaml (the parser names neither)."""
+    for flag, value in zip(args, args[1:]):
+        if flag in ("--config", "-c") and Path(value).is_file():
+            try:
+                yaml.safe_load(Path(value).read_text(encoding="utf-8", errors="replace"))
+            except yaml.MarkedYAMLError as error:
+                mark = error.problem_mark or error.context_mark
+                where = f"{value}:{mark.line + 1}:{mark.column + 1}" if mark else value
+                return f"{where}: invalid yaml: {error.problem or error.context}"
+    return None
+
+
 def run(args: list[str] | None = None) -> int:
-    """Run the CLI and return its exit status; a ``SmoothieError`` is one message on stderr, not a traceback."""
+    """Run the CLI and return its exit status.
+
+    Every error is one line on stderr (``smoothie: error: ...``), a usage error with a
+    hint, never a traceback, unless ``--debug`` is given or ``SMOOTHIE_DEBUG=1`` is set.
+    """
+    args = list(sys.argv[1:] if args is None else args)
+    debug = "--debug" in args or os.environ.get("SMOOTHIE_DEBUG", "") not in ("", "0")
+    args = [arg for arg in args if arg != "--debug"]
+    problem = yaml_syntax_error(args)
+    if problem:
+        print(f"smoothie: error: {problem}", file=sys.stderr)
+        return 2
     try:
         build_cli(args)
-    except SystemExit as exit:  # the parser's errors (unknown keys, wrong types) and --help
+    except SystemExit as exit:  # --help, and errors Lightning reports by exiting
         if exit.code is None or isinstance(exit.code, int):
             return exit.code or 0
         print(exit.code, file=sys.stderr)
         return 1
     except Exception as error:
+        if debug:
+            traceback.print_exc()
         cause = smoothie_cause(error)
-        if cause is None:
-            raise
-        print(f"smoothie: error: {cause}", file=sys.stderr)
+        if isinstance(cause, UsageError):
+            print(f"smoothie: error: {cause}\nhint: {cause.hint}", file=sys.stderr)
+            return 2
+        if cause is not None:
+            print(f"smoothie: error: {cause}", file=sys.stderr)
+        else:
+            message = " ".join(str(error).split()) or "(no message)"
+            print(
+                f"smoothie: error: unexpected {type(error).__name__}: {message} "
+                "(run again with --debug for the traceback)",
+                file=sys.stderr,
+            )
         return 1
     return 0
 

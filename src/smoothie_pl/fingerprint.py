@@ -10,28 +10,26 @@ from __future__ import annotations
 
 import hashlib
 import json
-import zipfile
 from collections.abc import Container, Mapping
-from pathlib import Path
 from typing import Any
 
 import torch
 
-from smoothie_pl.errors import CheckpointError, CheckpointMismatchError
+from smoothie_pl.errors import CheckpointMismatchError
 
 CHECKPOINT_KEY = "smoothie_fingerprint"
 DIGEST_CHARS = 16
 SHOWN_TOKENS = 5
 SHOWN_KEYS = 5
-# ``--ckpt_path`` values Lightning resolves itself.
-CHECKPOINT_ALIASES = ("best", "last", "hpc", "registry")
 
 
 def tensor_digest(tensor: torch.Tensor) -> str:
     """Short SHA-256 of a tensor's values (dtype and shape included)."""
-    tensor = tensor.detach().cpu().contiguous()
     header = f"{tensor.dtype}{tuple(tensor.shape)}".encode()
-    return hashlib.sha256(header + tensor.view(torch.uint8).numpy().tobytes()).hexdigest()[:DIGEST_CHARS]
+    values = tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8)  # reshape: 0-d tensors too
+    digest = hashlib.sha256(header)
+    digest.update(values.numpy())  # hashed in place: no copy of the bytes
+    return digest.hexdigest()[:DIGEST_CHARS]
 
 
 def tokenizer_digest(tokenizer) -> str:
@@ -204,22 +202,3 @@ def vocabulary_mismatch(
         f"{len(only_current)} only in the data ({examples(only_current)}). Use the data files the checkpoint was "
         "trained on, or set data.init_args.restrict_vocabulary false to diffuse over the checkpoint's vocabulary."
     )
-
-
-def check_checkpoint_file(path: str | None) -> None:
-    """Raise ``CheckpointError`` unless ``path`` is empty, an alias or a readable Lightning checkpoint.
-
-    The file is memory-mapped, so the check reads little more than its index.
-    """
-    if not path or path in CHECKPOINT_ALIASES:
-        return
-    if not Path(path).is_file():
-        raise CheckpointError(f"checkpoint {path} does not exist")
-    if not zipfile.is_zipfile(path):
-        raise CheckpointError(f"checkpoint {path} cannot be read: it is not the zip archive torch.save writes")
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except Exception as err:  # torch raises RuntimeError, UnpicklingError, EOFError, ... for damaged files
-        raise CheckpointError(f"checkpoint {path} cannot be read ({type(err).__name__}: {err})") from None
-    if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
-        raise CheckpointError(f"{path} is not a Lightning checkpoint (it has no 'state_dict')")

@@ -9,6 +9,8 @@ import lightning as L
 import torch
 from torchmetrics import MeanMetric
 
+from smoothie_pl.arguments import check_generate_arguments, options_of, warn_long_sources
+from smoothie_pl.checkpoint_io import load_verified
 from smoothie_pl.diffusion import SPACES, Schedule, build_sampler, build_schedule
 from smoothie_pl.diffusion.embedding_losses import decoding_cross_entropy, prior_matching_loss
 from smoothie_pl.embeddings import PACKAGED_MODEL, load_embedding_matrix, load_tokenizer, resolve_embedding_source
@@ -42,7 +44,7 @@ CHECKED_SEPARATELY = ("embedding_matrix", "vocabulary")
 
 def _as(cls, value):
     """Accept a config object or its plain-dict form (how hyperparameters come back from a checkpoint)."""
-    return value if isinstance(value, cls) else cls(**value)
+    return options_of(cls, value, "denoiser")
 
 
 def combined_seed(*seeds: int) -> int:
@@ -242,6 +244,12 @@ class SmoothieModule(L.LightningModule):
         # Copying the source is the baseline a seq2seq model must beat; an unconditional one has none.
         self.test_copy_sacrebleu = SacreBLEU() if denoiser.source_encoder != "none" else None
         self.val_loss = MeanMetric()  # mean over every validation pair of every rank
+
+    @classmethod
+    def load_from_checkpoint(cls, checkpoint_path, *args, **kwargs) -> "SmoothieModule":
+        """Lightning's, from a file ``checkpoint_io.load_verified`` accepts, read without unpickling code."""
+        load_verified(checkpoint_path)
+        return super().load_from_checkpoint(checkpoint_path, *args, **{**kwargs, "weights_only": True})
 
     # ----------------------------------------------------------------- parts
     def _build_space(self, vocabulary: torch.Tensor) -> None:
@@ -466,8 +474,8 @@ class SmoothieModule(L.LightningModule):
         seeded per batch from its position, counted from ``first_index``: a list
         cut at multiples of ``batch_size`` gives the same texts piece by piece.
         """
-        if isinstance(sources, str):
-            raise TypeError("generate expects a list of source strings, got a single string")
+        check_generate_arguments(sources, steps, seed, batch_size, candidates, first_index)
+        warn_long_sources(self.source_tokenizer, sources, self.hparams.source_length)
         was_training = self.training
         self.eval()
         seed = self.hparams.seed if seed is None else seed

@@ -81,6 +81,9 @@ class JsonlPredictionWriter(BasePredictionWriter):
             done = self._check_against_data(trainer, [record for file in found for record in read_records(file)])
             trainer.datamodule.predict_skip = done
         trainer.strategy.barrier("prediction_writer_checked")  # every rank read the old files before any is removed
+        if trainer.is_global_zero:
+            for leftover in path.parent.glob(path.name + ".tmp*"):  # a merge killed before its rename
+                leftover.unlink()
         if self.if_exists == "overwrite" and trainer.is_global_zero:
             for part in self.part_files(path):
                 part.unlink()

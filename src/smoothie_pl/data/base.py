@@ -48,10 +48,20 @@ def tokenize_truncating(tokenizer, texts: list[str], max_length: int, add_specia
     return ids, len(overlong)
 
 
+def mostly_unknown(tokenizer, ids: list[list[int]]) -> int:
+    """How many token sequences are over half unknown-token (special tokens such as [CLS] not counted)."""
+    unknown, special = tokenizer.unk_token_id, set(tokenizer.all_special_ids) - {tokenizer.unk_token_id}
+    if unknown is None:
+        return 0
+    counted = ([token for token in row if token not in special] for row in ids)
+    return sum(1 for row in counted if row and 2 * row.count(unknown) > len(row))
+
+
 class TokenizedPairs(Dataset):
     """Pairs with their token ids; item ``i`` remembers its index for prediction writing.
 
-    ``truncated_sources`` and ``truncated_targets`` count the texts cut to the lengths;
+    ``truncated_sources`` and ``truncated_targets`` count the texts cut to the lengths,
+    ``unknown_sources`` and ``unknown_targets`` those whose tokens are mostly unknown to the tokenizer;
     ``source_tokenizer`` (default: ``tokenizer``) tokenises the sources, e.g. German ones.
     """
 
@@ -64,6 +74,8 @@ class TokenizedPairs(Dataset):
         source_tokenizer = source_tokenizer or tokenizer
         self.source_ids, self.truncated_sources = tokenize_truncating(source_tokenizer, sources, source_length, True)
         self.target_ids, self.truncated_targets = tokenize_truncating(tokenizer, targets, target_length, False)
+        self.unknown_sources = mostly_unknown(source_tokenizer, self.source_ids)
+        self.unknown_targets = mostly_unknown(tokenizer, self.target_ids)
 
     def __len__(self) -> int:
         return len(self.pairs)
@@ -180,6 +192,12 @@ class Seq2SeqDataModule(L.LightningDataModule):
                     f"{split} split: truncated {dataset.truncated_sources} of {len(pairs)} sources to "
                     f"source_length={self.source_length} tokens and {dataset.truncated_targets} targets to "
                     f"target_length={self.target_length}"
+                )
+            if dataset.unknown_sources or dataset.unknown_targets:
+                rank_zero_warn(
+                    f"{split} split: {dataset.unknown_sources} of {len(pairs)} sources and {dataset.unknown_targets} "
+                    "targets are mostly [UNK] (over half of their tokens unknown to the tokenizer): is the text in "
+                    "the language and script the embedding model (model.embedding) was trained on?"
                 )
             self.datasets[split] = dataset
         return self.datasets[split]

@@ -13,6 +13,16 @@ from smoothie_pl.errors import DataError, DataFileNotFoundError
 SHOWN_BAD_LINES = 5
 
 
+def without_duplicate_keys(items: list[tuple[str, object]]) -> dict:
+    """A JSON object's dict; a key given twice is an error (``json`` would silently keep the last value)."""
+    record = {}
+    for key, value in items:
+        if key in record:
+            raise DataError(f"field {key!r} is given twice in one object")
+        record[key] = value
+    return record
+
+
 def parse_pair(raw: bytes, source_field: str, target_field: str) -> Pair | None:
     """The pair on one raw line (``None`` for a blank line); ``DataError`` says what is wrong with it."""
     try:
@@ -22,7 +32,7 @@ def parse_pair(raw: bytes, source_field: str, target_field: str) -> Pair | None:
     if not line.strip():
         return None
     try:
-        record = json.loads(line.lstrip("\ufeff"))
+        record = json.loads(line.lstrip("\ufeff"), object_pairs_hook=without_duplicate_keys)
     except json.JSONDecodeError as err:
         raise DataError(f"malformed JSON ({err.msg} at column {err.colno})") from None
     if not isinstance(record, dict):
@@ -47,6 +57,8 @@ def read_jsonl_pairs(
     is an error either way.
     """
     path = Path(path)
+    if path.is_dir():
+        raise DataError(f"data file {path} is a directory; give the path of a .jsonl file")
     if not path.is_file():
         raise DataFileNotFoundError(f"data file {path} does not exist")
     pairs, bad = [], []

@@ -7,6 +7,7 @@ from typing import Any
 
 import lightning as L
 import torch
+from lightning.pytorch.utilities import rank_zero_info
 from torchmetrics import MeanMetric
 
 from smoothie_pl.diffusion import SPACES, Schedule, build_sampler, build_schedule
@@ -22,10 +23,11 @@ from smoothie_pl.fingerprint import (
 )
 from smoothie_pl.metrics import SacreBLEU, TextMetrics, mbr_select
 from smoothie_pl.models import DenoiserConfig, NullSource, PretrainedSourceEncoder, SourceEncoder, UShapedDenoiser
+from smoothie_pl.precision import VOCAB_DTYPES, fast_bf16, fastest_autocast, vocab_compute_dtype
 from smoothie_pl.text import ids_to_text, recase_from_source
 
 T_TRAIN_MIN = 1e-5
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+DTYPES = (*VOCAB_DTYPES, "auto")
 # Hyperparameters that decide which weights exist and their shapes: named when a checkpoint's weights do not fit.
 ARCHITECTURE_OPTIONS = ("denoiser", "space", "token_head", "cfg_dropout", "source_embedding", "train_embeddings")
 # State entries a loaded checkpoint is compared on by their own checks (fingerprint, vocabulary).
@@ -114,7 +116,9 @@ class SmoothieModule(L.LightningModule):
             undertrained models, less littered with frequent words).
         vocab_chunk_size, vocab_dtype: chunk of vocabulary rows per streaming
             step and the dtype of its matmuls (``"bfloat16"`` is 3-5x faster on
-            CPUs with AMX/AVX512-BF16 and on GPUs).
+            CPUs with AMX/AVX512-BF16 and on GPUs, 5x slower on CPUs without
+            them); ``"auto"`` takes bf16 where the device has bf16 units, else
+            fp32, and logs which.
         vocab_attention: ``"streaming"`` (never holds ``[B, L, V]``), ``"literal"``,
             the reference code's materialised formula (a baseline), or ``"fused"``,
             one Triton kernel with in-kernel Philox noise (CUDA, needs triton).
@@ -161,7 +165,7 @@ class SmoothieModule(L.LightningModule):
         warmup_steps: int = 5000,
         warmup_start_lr: float = 1e-8,
         vocab_chunk_size: int = 1024,
-        vocab_dtype: str = "float32",
+        vocab_dtype: str = "auto",
         vocab_attention: str = "streaming",
         compile_denoiser: bool = False,
         metric_set: str = "demo",
@@ -246,9 +250,13 @@ class SmoothieModule(L.LightningModule):
             self.embedding_matrix.detach()[vocabulary],
             build_schedule(hp.schedule, "arctan"),
             chunk_size=hp.vocab_chunk_size,
-            compute_dtype=DTYPES[hp.vocab_dtype],
+            compute_dtype=vocab_compute_dtype(hp.vocab_dtype, self._compute_device()),
             **options,
         )
+
+    def _compute_device(self) -> torch.device:
+        """Where the vocabulary matmuls will run: the trainer's device once attached (before the move), else ``E``'s."""
+        return self._trainer.strategy.root_device if self._trainer is not None else self.embedding_matrix.device
 
     @property
     def tokenizer(self):
@@ -359,6 +367,12 @@ class SmoothieModule(L.LightningModule):
         prediction, as training feeds the first pass's; ``clamp`` applies to
         what the sampler re-noises and to the output.
         """
+        with fastest_autocast(self.device):
+            return self._sample_embeddings(source_ids, source_mask, generator, steps)
+
+    def _sample_embeddings(
+        self, source_ids: torch.Tensor, source_mask: torch.Tensor, generator: torch.Generator, steps: int | None
+    ) -> torch.Tensor:
         self._follow_trained_embeddings()
         source = self.encode_source(source_ids, source_mask)
         sampler = self.sampler
@@ -451,11 +465,24 @@ class SmoothieModule(L.LightningModule):
         return outputs
 
     # ------------------------------------------------------------ Lightning
+    def setup(self, stage: str) -> None:
+        """Choose the vocabulary dtype for the device the trainer runs on, and say which compute path runs."""
+        device = self._compute_device()
+        self._build_space(self.vocabulary)
+        precision = str(self.trainer.precision)
+        emulated = device.type == "cpu" and "bf16" in precision and not fast_bf16(device)
+        matmuls = f"fp32 ({precision} asked, but this CPU has no bf16 units)" if emulated else precision
+        rank_zero_info(
+            f"compute path on {device}: model matmuls {matmuls}, vocabulary matmuls "
+            f"{str(self.space.compute_dtype).removeprefix('torch.')} (vocab_dtype {self.hparams.vocab_dtype}), "
+            f"denoiser {'compiled' if self.hparams.compile_denoiser else 'eager'}"
+        )
+
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         # Noise and dropout masks come from (seed, rank, step, batch): each rank draws its own,
         # and a resumed run draws what the uninterrupted run drew, with no random state to save.
         stream = (self.hparams.seed, self.global_rank, self.global_step, batch_idx)
-        with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
+        with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []), fastest_autocast(self.device):
             torch.manual_seed(combined_seed(*stream))
             loss = self.diffusion_loss(batch, seeded_generator(self.device, *stream))
         self.log("train/loss", loss, prog_bar=True, batch_size=batch["target_ids"].shape[0])
@@ -463,7 +490,8 @@ class SmoothieModule(L.LightningModule):
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         generator = seeded_generator(self.device, self.hparams.seed, int(batch["index"][0]))
-        loss = self.diffusion_loss(batch, generator)
+        with fastest_autocast(self.device):
+            loss = self.diffusion_loss(batch, generator)
         self.val_loss.update(loss, weight=batch["target_ids"].shape[0])
         self.log("val/loss", self.val_loss, prog_bar=True)
 

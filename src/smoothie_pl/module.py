@@ -12,6 +12,7 @@ from torchmetrics import MeanMetric
 
 from smoothie_pl.diffusion import SPACES, Schedule, build_sampler, build_schedule
 from smoothie_pl.diffusion.embedding_losses import decoding_cross_entropy, prior_matching_loss
+from smoothie_pl.compilation import compile_in_place
 from smoothie_pl.embeddings import PACKAGED_MODEL, load_embedding_matrix, load_tokenizer, resolve_embedding_source
 from smoothie_pl.errors import CheckpointMismatchError
 from smoothie_pl.fingerprint import (
@@ -213,8 +214,7 @@ class SmoothieModule(L.LightningModule):
             self.register_buffer("source_embedding_matrix", source_matrix)
         dim = embedding_matrix.shape[1]
         self.denoiser = UShapedDenoiser(dim, denoiser, target_length, source_length)
-        if compile_denoiser:
-            self.denoiser.compile()
+        self.denoiser_compiled = compile_denoiser and compile_in_place(self.denoiser)
         if denoiser.source_encoder == "scratch":
             source_dim = self.source_embedding_matrix.shape[1] if source_embedding is not None else dim
             self.source_encoder = SourceEncoder(source_dim, denoiser.width, denoiser, source_length)
@@ -475,7 +475,7 @@ class SmoothieModule(L.LightningModule):
         rank_zero_info(
             f"compute path on {device}: model matmuls {matmuls}, vocabulary matmuls "
             f"{str(self.space.compute_dtype).removeprefix('torch.')} (vocab_dtype {self.hparams.vocab_dtype}), "
-            f"denoiser {'compiled' if self.hparams.compile_denoiser else 'eager'}"
+            f"denoiser {'compiled' if self.denoiser_compiled else 'eager'}"
         )
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:

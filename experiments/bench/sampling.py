@@ -59,7 +59,7 @@ def run(args) -> tuple[str, dict]:
         base, step_counts = {"denoiser": TINY, "vocab": 500, "length": 8}, [2]
         variants = [{**variant, "batch": 2, "vocab": 500} for variant in VARIANTS[:3]]
     else:
-        base, step_counts = {"denoiser": DEMO, "vocab": 9679, "length": 64}, [10, 50]
+        base, step_counts = {"denoiser": DEMO, "vocab": 9679, "length": 64}, args.steps
         variants = VARIANTS
     training = harness.interleaved(
         __file__, [{**base, **NEW_DEFAULT, "batch": 32 if not args.tiny else 2, "training": True}], [{}], 1
@@ -84,6 +84,7 @@ def run(args) -> tuple[str, dict]:
 
 
 def add_arguments(parser) -> None:
+    parser.add_argument("--steps", type=int, nargs="+", default=[10, 50], help="sampler step counts")
     parser.add_argument("--slow-seconds", type=float, default=120.0,
                         help="a step count whose first round takes longer gets no more rounds")
 

@@ -164,14 +164,13 @@ def speed_cases(tiny: bool) -> list[tuple[str, dict, list[dict]]]:
     return [
         ("demo default: old vs new", {**demo, "impl": "streaming"},
          [old_default, new_default, {**new_default, "compile": True}]),
-        ("authors' step (literal, full vocabulary) vs the library's default, demo model", demo,
-         [authors, {**new_default, "impl": "streaming", "vocab": 30522}, {**new_default, "impl": "streaming"}]),
-        ("library vs literal, demo model", {**demo, "precision": "bf16"}, impls),
-        ("fp32 vs bf16 autocast, demo model", {**demo, "impl": "streaming"}, precisions),
-        ("eager vs torch.compile, demo model", {**demo, "precision": "bf16", "impl": "streaming"},
+        ("eager vs torch.compile, demo model", {**demo, "impl": "streaming", **new_default},
          [{"compile": False}, {"compile": True}]),
-        ("library vs literal, paper-size model", {**paper, "precision": "bf16"}, impls),
-        ("V = 131,072, 8,192 positions", big_vocab, [{}]),
+        ("authors' step (literal, full vocabulary) vs the library's default, demo model", {**demo, "steps": 1},
+         [authors, {**new_default, "impl": "streaming", "vocab": 30522}, {**new_default, "impl": "streaming"}]),
+        ("fp32 vs bf16 autocast, demo model", {**demo, "impl": "streaming"}, precisions),
+        ("library vs literal, paper-size model", {**paper, **new_default}, impls),
+        ("V = 131,072, 8,192 positions", {**big_vocab, **new_default}, [{}]),
     ]
 
 

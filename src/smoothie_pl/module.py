@@ -125,8 +125,9 @@ class SmoothieModule(L.LightningModule):
             one Triton kernel with in-kernel Philox noise (CUDA, needs triton).
         compile_denoiser: ``torch.compile`` the denoiser in place (weights and
             checkpoint keys are unchanged). Off by default: compiling costs
-            start-up time (80 s on 2 CPU cores) and a C++ compiler, for 1.3-1.4x
-            faster training steps of the demo model on CPU.
+            start-up time (about 80 s on 2 CPU cores) and a C++ compiler (without
+            one the denoiser stays eager, with a warning), for 1.08-1.4x faster
+            training steps of the demo model on CPU.
         metric_set: metrics reported by ``test`` (``smoothie_pl.metrics.METRIC_SETS``:
             demo, paraphrase, summarization, simplification, translation,
             unconditional), tracked metric first; ``metric_options`` passes e.g.

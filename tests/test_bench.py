@@ -54,7 +54,9 @@ def test_train_step_bench_reports_tokens_flops_and_loss_curves(tmp_path):
 def test_sampling_bench_compares_both_formulations(tmp_path):
     result = run_tiny("sampling.py", tmp_path)
     assert_measured(result["records"])
-    assert [r["impl"] for r in result["records"]] == ["streaming", "literal"]
+    assert [r["impl"] for r in result["records"]] == ["streaming", "literal", "streaming"]
+    assert [r.get("hardware_aware", False) for r in result["records"]] == [False, False, True]
+    assert result["training"]["tokens_per_s"] > 0 and all(r["token_steps_per_s"] > 0 for r in result["records"])
 
 
 @pytest.mark.slow

@@ -5,6 +5,9 @@ The parent process never touches the big tensors: it starts the script again
 as a worker (``--worker '<case json>'``) for every variant of every round, so
 each measurement has a fresh heap, and the variants of a case alternate
 (A, B, A, B, ...) so that load from other processes hits them alike.
+With ``--busy`` every measurement runs beside a busy-loop process started
+for it (a seeded integer recurrence on one core, as a laptop's browser or a
+shared node's other job would be): the busy-machine mode.
 """
 
 from __future__ import annotations
@@ -21,6 +24,14 @@ from collections.abc import Callable
 from pathlib import Path
 
 GIB = 2**30
+BUSY_LOOP = """
+import sys
+state = int(sys.argv[1])
+while True:  # a linear congruential recurrence: pure CPU work, the same for the same seed
+    state = (6364136223846793005 * state + 1442695040888963407) % 2**64
+"""
+busy_processes = 0
+"""Busy-loop processes to run beside each measurement (``--busy``)."""
 
 
 def current_rss() -> int:
@@ -117,9 +128,16 @@ def run_worker(script: str, case: dict) -> dict:
     # follows live memory: otherwise glibc keeps freed heap pages, and a case's peak would depend
     # on what an earlier step happened to leave behind.
     env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": str(2**20)}
-    result = subprocess.run(
-        [sys.executable, script, "--worker", json.dumps(case)], capture_output=True, text=True, env=env
-    )
+    busy = [subprocess.Popen([sys.executable, "-c", BUSY_LOOP, str(seed)]) for seed in range(busy_processes)]
+    try:
+        result = subprocess.run(
+            [sys.executable, script, "--worker", json.dumps({**case, "busy": busy_processes} if busy else case)],
+            capture_output=True, text=True, env=env,
+        )
+    finally:
+        for process in busy:
+            process.kill()
+            process.wait()
     if result.returncode != 0:
         tail = result.stderr.strip().splitlines()[-3:]
         return {"error": f"worker exited with {result.returncode}: {' | '.join(tail)}"}
@@ -191,6 +209,8 @@ def main(
     parser.add_argument("--tiny", action="store_true", help="tiny sizes, one round (the test suite's smoke run)")
     parser.add_argument("--rounds", type=int, default=3, help="interleaved repeats per case (median reported)")
     parser.add_argument("--out", type=Path, default=Path("experiments/bench/results"), help="folder for JSON and tables")
+    parser.add_argument("--busy", type=int, default=0, metavar="N",
+                        help="busy-machine mode: N busy-loop processes beside every measurement")
     if add_arguments:
         add_arguments(parser)
     args = parser.parse_args()
@@ -199,9 +219,11 @@ def main(
         return
     if args.tiny:
         args.rounds = 1
+    global busy_processes
+    busy_processes = args.busy
     table, payload = run(args)
     print(table)
     args.out.mkdir(parents=True, exist_ok=True)
-    name = Path(sys.argv[0]).stem + ("_tiny" if args.tiny else "")
+    name = Path(sys.argv[0]).stem + ("_tiny" if args.tiny else "") + (f"_busy{args.busy}" if args.busy else "")
     (args.out / f"{name}.json").write_text(json.dumps({"machine": machine(), **payload}, indent=1))
     (args.out / f"{name}.md").write_text(table + "\n")

@@ -3,7 +3,7 @@
     PYTHONPATH=src python experiments/bench/run_all.py            # the full tables (about 30 minutes on 2 quiet cores)
     PYTHONPATH=src python experiments/bench/run_all.py --tiny     # smoke run
 
-Writes experiments/bench/results/{vocab_op,train_step,sampling,scaling}.{json,md},
+Writes experiments/bench/results/{vocab_op,vocab_op_busy1,train_step,sampling,scaling}.{json,md},
 scaling.png and tables.md (with the machine and the date).
 """
 
@@ -20,12 +20,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import harness  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
-BENCHMARKS = {
-    "vocab_op": "The vocabulary operation (forward)",
-    "train_step": "A training step",
-    "sampling": "Sampling",
-    "scaling": "Growth with V and with positions (plot: scaling.png)",
-}
+BUSY_CASE = ["--vocab", "30522", "--positions", "2048", "--dim", "384"]
+# (script, extra arguments, extra arguments of the smoke run, title)
+BENCHMARKS = [
+    ("vocab_op", [], [], "The vocabulary operation (forward)"),
+    ("vocab_op", ["--busy", "1", *BUSY_CASE], ["--busy", "1"],
+     "The vocabulary operation beside a busy-loop process (busy-machine mode)"),
+    ("train_step", [], [], "A training step"),
+    ("sampling", [], [], "Sampling"),
+    ("scaling", [], [], "Growth with V and with positions (plot: scaling.png)"),
+]
 
 
 def main() -> None:
@@ -35,10 +39,11 @@ def main() -> None:
     args = parser.parse_args()
     suffix = "_tiny" if args.tiny else ""
     sections = [f"Measured {json.dumps(harness.machine())}"]
-    for name, title in BENCHMARKS.items():
-        command = [sys.executable, str(HERE / f"{name}.py"), "--out", str(args.out)] + (["--tiny"] if args.tiny else [])
-        subprocess.run(command, check=True)
-        sections.append(f"### {title}\n\n" + (args.out / f"{name}{suffix}.md").read_text())
+    for script, extra, tiny_extra, title in BENCHMARKS:
+        options = ["--tiny", *tiny_extra] if args.tiny else extra
+        subprocess.run([sys.executable, str(HERE / f"{script}.py"), "--out", str(args.out), *options], check=True)
+        busy = f"_busy{options[options.index('--busy') + 1]}" if "--busy" in options else ""
+        sections.append(f"### {title}\n\n" + (args.out / f"{script}{suffix}{busy}.md").read_text())
     (args.out / f"tables{suffix}.md").write_text("\n\n".join(sections) + "\n")
     print(f"tables written to {args.out / f'tables{suffix}.md'}")
 

@@ -8,22 +8,23 @@ import sys
 import traceback
 from pathlib import Path
 
+import torch
 import yaml
 
 from lightning.fabric.plugins import CheckpointIO
 from lightning.pytorch.callbacks import ModelCheckpoint, ProgressBar, RichProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
-from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
+from lightning.pytorch.utilities import rank_zero_info
 
 from smoothie_pl.arguments import closest
 from smoothie_pl.callbacks import JsonlPredictionWriter, NonFiniteGuard, SmoothieEMA, VerifiedCheckpointIO
 from smoothie_pl.checkpoint_io import newest_intact, read_checkpoint, remove_temporary_files
 from smoothie_pl.config_checks import config_errors
 from smoothie_pl.data import Seq2SeqDataModule
-from smoothie_pl import hardware
 from smoothie_pl.errors import CheckpointError, ConfigError, SmoothieError, UsageError
 from smoothie_pl.fingerprint import CHECKPOINT_KEY
 from smoothie_pl.module import SmoothieModule
+from smoothie_pl.precision import fast_bf16
 
 
 # Settings of sampling and evaluation: at test/predict time they come from the
@@ -136,21 +137,17 @@ class SmoothieCLI(LightningCLI):
 
 
 def choose_precision(config) -> None:
-    """Fill in ``trainer.precision`` when the config leaves it out: bf16-mixed only where bfloat16 is native.
+    """Fill in ``trainer.precision`` when the config leaves it out: bf16-mixed only where bf16 is fast.
 
-    An explicit bf16 on hardware that only emulates it is kept, with a warning:
-    it runs, tens of times slower than float32.
+    A bf16 precision asked for on a CPU without bf16 units is kept; the module
+    then computes in fp32 there (``precision.fastest_autocast``) and says so.
     """
+    if config.get("trainer.precision") is not None:
+        return
     accelerator = str(config.get("trainer.accelerator") or "auto")
-    device_type = {"auto": hardware.default_device_type(), "gpu": "cuda"}.get(accelerator, accelerator)
-    precision = config.get("trainer.precision")
-    if precision is None:
-        config["trainer.precision"] = hardware.fastest_precision(device_type)
-        rank_zero_info(f"smoothie: precision {config['trainer.precision']} (bfloat16 is "
-                       f"{'native' if hardware.native_bfloat16(device_type) else 'not native'} on this {device_type})")
-    elif "bf16" in str(precision) and device_type in ("cpu", "cuda") and not hardware.native_bfloat16(device_type):
-        rank_zero_warn(f"trainer.precision {precision}: this {device_type} has no native bfloat16, so its "
-                       "matmuls are emulated and far slower than 32-true; leave precision out to choose automatically")
+    device = {"auto": "cuda" if torch.cuda.is_available() else "cpu", "gpu": "cuda"}.get(accelerator, accelerator)
+    config["trainer.precision"] = "bf16-mixed" if device in ("cpu", "cuda") and fast_bf16(device) else "32-true"
+    rank_zero_info(f"precision {config['trainer.precision']}, chosen for this {device}")
 
 
 def run_checkpoints(trainer) -> list[Path]:

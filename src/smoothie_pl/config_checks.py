@@ -22,7 +22,7 @@ from smoothie_pl.diffusion import SPACES, build_schedule
 from smoothie_pl.diffusion.samplers import SAMPLERS
 from smoothie_pl.metrics import METRIC_SETS
 from smoothie_pl.models import DenoiserConfig
-from smoothie_pl.module import VOCAB_DTYPES
+from smoothie_pl.module import DTYPES
 
 
 @dataclass(frozen=True)
@@ -101,7 +101,7 @@ RULES: dict[str, Allowed] = {
     "model.warmup_steps": at_least(0),
     "model.warmup_start_lr": at_least(0),
     "model.vocab_chunk_size": at_least(1),
-    "model.vocab_dtype": one_of(VOCAB_DTYPES),
+    "model.vocab_dtype": one_of(DTYPES),
     "model.decoding_loss_weight": at_least(0),
     "model.metric_set": one_of(METRIC_SETS),
     "model.mbr_candidates": at_least(1),

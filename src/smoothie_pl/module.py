@@ -7,15 +7,16 @@ from typing import Any
 
 import lightning as L
 import torch
+from lightning.pytorch.utilities import rank_zero_info
 from torchmetrics import MeanMetric
 
 from smoothie_pl.arguments import check_generate_arguments, options_of, warn_long_sources
 from smoothie_pl.checkpoint_io import load_verified
 from smoothie_pl.diffusion import SPACES, Schedule, build_sampler, build_schedule
 from smoothie_pl.diffusion.embedding_losses import decoding_cross_entropy, prior_matching_loss
+from smoothie_pl.compilation import compile_in_place
 from smoothie_pl.embeddings import PACKAGED_MODEL, load_embedding_matrix, load_tokenizer, resolve_embedding_source
 from smoothie_pl.errors import CheckpointMismatchError
-from smoothie_pl import hardware
 from smoothie_pl.fingerprint import (
     CHECKPOINT_KEY,
     check_compatible,
@@ -26,16 +27,11 @@ from smoothie_pl.fingerprint import (
 )
 from smoothie_pl.metrics import SacreBLEU, TextMetrics, mbr_select
 from smoothie_pl.models import DenoiserConfig, NullSource, PretrainedSourceEncoder, SourceEncoder, UShapedDenoiser
+from smoothie_pl.precision import VOCAB_DTYPES, fast_bf16, fastest_autocast, vocab_compute_dtype
 from smoothie_pl.text import ids_to_text, recase_from_source
 
 T_TRAIN_MIN = 1e-5
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-VOCAB_DTYPES = (*DTYPES, "auto")
-
-
-def vocab_compute_dtype(name: str) -> torch.dtype:
-    """The dtype of the vocabulary matmuls; ``"auto"`` is bfloat16 where this machine computes it natively."""
-    return DTYPES[hardware.fastest_vocab_dtype(hardware.default_device_type()) if name == "auto" else name]
+DTYPES = (*VOCAB_DTYPES, "auto")
 # Hyperparameters that decide which weights exist and their shapes: named when a checkpoint's weights do not fit.
 ARCHITECTURE_OPTIONS = ("denoiser", "space", "token_head", "cfg_dropout", "source_embedding", "train_embeddings")
 # State entries a loaded checkpoint is compared on by their own checks (fingerprint, vocabulary).
@@ -128,15 +124,17 @@ class SmoothieModule(L.LightningModule):
             undertrained models, less littered with frequent words).
         vocab_chunk_size, vocab_dtype: chunk of vocabulary rows per streaming
             step and the dtype of its matmuls (``"bfloat16"`` is 3-5x faster on
-            CPUs with AMX/AVX512-BF16 and on GPUs, and far slower on CPUs without;
-            ``"auto"`` takes bfloat16 only where it is native, ``smoothie_pl.hardware``).
+            CPUs with AMX/AVX512-BF16 and on GPUs, 5x slower on CPUs without
+            them); ``"auto"`` takes bf16 where the device has bf16 units, else
+            fp32, and logs which.
         vocab_attention: ``"streaming"`` (never holds ``[B, L, V]``), ``"literal"``,
             the reference code's materialised formula (a baseline), or ``"fused"``,
             one Triton kernel with in-kernel Philox noise (CUDA, needs triton).
         compile_denoiser: ``torch.compile`` the denoiser in place (weights and
             checkpoint keys are unchanged). Off by default: compiling costs
-            start-up time (80 s on 2 CPU cores) and a C++ compiler, for 1.3-1.4x
-            faster training steps of the demo model on CPU.
+            start-up time (about 80 s on 2 CPU cores) and a C++ compiler (without
+            one the denoiser stays eager, with a warning), for 1.08-1.4x faster
+            training steps of the demo model on CPU.
         metric_set: metrics reported by ``test`` (``smoothie_pl.metrics.METRIC_SETS``:
             demo, paraphrase, summarization, simplification, translation,
             unconditional), tracked metric first; ``metric_options`` passes e.g.
@@ -177,7 +175,7 @@ class SmoothieModule(L.LightningModule):
         warmup_steps: int = 5000,
         warmup_start_lr: float = 1e-8,
         vocab_chunk_size: int = 1024,
-        vocab_dtype: str = "float32",
+        vocab_dtype: str = "auto",
         vocab_attention: str = "streaming",
         compile_denoiser: bool = False,
         metric_set: str = "demo",
@@ -204,8 +202,8 @@ class SmoothieModule(L.LightningModule):
             raise ValueError(f"target_length and source_length must be positive, got {target_length}, {source_length}")
         if mbr_candidates < 1:
             raise ValueError(f"mbr_candidates must be at least 1, got {mbr_candidates}")
-        if vocab_dtype not in VOCAB_DTYPES:
-            raise ValueError(f"vocab_dtype must be one of {sorted(VOCAB_DTYPES)}, got {vocab_dtype!r}")
+        if vocab_dtype not in DTYPES:
+            raise ValueError(f"vocab_dtype must be one of {sorted(DTYPES)}, got {vocab_dtype!r}")
         _check_guidance(cfg_dropout, guidance_weight, denoiser)
         self.save_hyperparameters(ignore=["vocabulary", "denoiser", "schedule"])
         self.save_hyperparameters({"denoiser": asdict(denoiser), "schedule": schedule.to_dict()})
@@ -226,8 +224,7 @@ class SmoothieModule(L.LightningModule):
             self.register_buffer("source_embedding_matrix", source_matrix)
         dim = embedding_matrix.shape[1]
         self.denoiser = UShapedDenoiser(dim, denoiser, target_length, source_length)
-        if compile_denoiser:
-            self.denoiser.compile()
+        self.denoiser_compiled = compile_denoiser and compile_in_place(self.denoiser)
         if denoiser.source_encoder == "scratch":
             source_dim = self.source_embedding_matrix.shape[1] if source_embedding is not None else dim
             self.source_encoder = SourceEncoder(source_dim, denoiser.width, denoiser, source_length)
@@ -269,9 +266,13 @@ class SmoothieModule(L.LightningModule):
             self.embedding_matrix.detach()[vocabulary],
             build_schedule(hp.schedule, "arctan"),
             chunk_size=hp.vocab_chunk_size,
-            compute_dtype=vocab_compute_dtype(hp.vocab_dtype),
+            compute_dtype=vocab_compute_dtype(hp.vocab_dtype, self._compute_device()),
             **options,
         )
+
+    def _compute_device(self) -> torch.device:
+        """Where the vocabulary matmuls will run: the trainer's device once attached (before the move), else ``E``'s."""
+        return self._trainer.strategy.root_device if self._trainer is not None else self.embedding_matrix.device
 
     @property
     def tokenizer(self):
@@ -403,6 +404,12 @@ class SmoothieModule(L.LightningModule):
         prediction, as training feeds the first pass's; ``clamp`` applies to
         what the sampler re-noises and to the output.
         """
+        with fastest_autocast(self.device):
+            return self._sample_embeddings(source_ids, source_mask, generator, steps)
+
+    def _sample_embeddings(
+        self, source_ids: torch.Tensor, source_mask: torch.Tensor, generator: torch.Generator, steps: int | None
+    ) -> torch.Tensor:
         self._follow_trained_embeddings()
         source = self.encode_source(source_ids, source_mask)
         sampler = self.sampler
@@ -495,11 +502,24 @@ class SmoothieModule(L.LightningModule):
         return outputs
 
     # ------------------------------------------------------------ Lightning
+    def setup(self, stage: str) -> None:
+        """Choose the vocabulary dtype for the device the trainer runs on, and say which compute path runs."""
+        device = self._compute_device()
+        self._build_space(self.vocabulary)
+        precision = str(self.trainer.precision)
+        emulated = device.type == "cpu" and "bf16" in precision and not fast_bf16(device)
+        matmuls = f"fp32 ({precision} asked, but this CPU has no bf16 units)" if emulated else precision
+        rank_zero_info(
+            f"compute path on {device}: model matmuls {matmuls}, vocabulary matmuls "
+            f"{str(self.space.compute_dtype).removeprefix('torch.')} (vocab_dtype {self.hparams.vocab_dtype}), "
+            f"denoiser {'compiled' if self.denoiser_compiled else 'eager'}"
+        )
+
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         # Noise and dropout masks come from (seed, rank, step, batch): each rank draws its own,
         # and a resumed run draws what the uninterrupted run drew, with no random state to save.
         stream = (self.hparams.seed, self.global_rank, self.global_step, batch_idx)
-        with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
+        with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []), fastest_autocast(self.device):
             torch.manual_seed(combined_seed(*stream))
             loss = self.diffusion_loss(batch, seeded_generator(self.device, *stream))
         self.log("train/loss", loss, prog_bar=True, batch_size=batch["target_ids"].shape[0])
@@ -507,7 +527,8 @@ class SmoothieModule(L.LightningModule):
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         generator = seeded_generator(self.device, self.hparams.seed, int(batch["index"][0]))
-        loss = self.diffusion_loss(batch, generator)
+        with fastest_autocast(self.device):
+            loss = self.diffusion_loss(batch, generator)
         self.val_loss.update(loss, weight=batch["target_ids"].shape[0])
         self.log("val/loss", self.val_loss, prog_bar=True)
 

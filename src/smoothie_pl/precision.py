@@ -1,0 +1,60 @@
+"""Which number formats a device multiplies fast, and the dtype choices that follow from it.
+
+bf16 is only a speed-up where the hardware has bf16 units (CUDA GPUs from
+Ampere on; CPUs with AVX512-BF16 or AMX). Elsewhere oneDNN emulates it: on an
+AVX2-only AMD EPYC a bf16 matmul of demo size ran 5-7x slower than fp32, and a
+2048-square one 400x slower. There fp32 is both the faster and the more exact path.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+
+import torch
+
+VOCAB_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+"""The dtypes the vocabulary matmuls can be asked for by name, besides ``"auto"``."""
+
+
+@functools.lru_cache(maxsize=1)
+def cpu_has_bf16_units() -> bool:
+    """Whether this CPU multiplies bf16 in hardware (AVX512-BF16 or AMX), as oneDNN sees it."""
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):  # a build without oneDNN
+        return False
+
+
+def fast_bf16(device: torch.device | str) -> bool:
+    """Whether bf16 matmuls on ``device`` are faster than fp32 ones."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    if device.type == "cpu":
+        return cpu_has_bf16_units()
+    return False
+
+
+def vocab_compute_dtype(option: str, device: torch.device | str) -> torch.dtype:
+    """The dtype of the vocabulary matmuls: ``option`` by name, or for ``"auto"`` bf16 where it is fast, else fp32."""
+    if option == "auto":
+        return torch.bfloat16 if fast_bf16(device) else torch.float32
+    return VOCAB_DTYPES[option]
+
+
+def emulated_bf16_autocast(device: torch.device) -> bool:
+    """True inside a bf16 autocast on a CPU without bf16 units (e.g. Lightning's ``bf16-mixed`` there)."""
+    return (
+        device.type == "cpu"
+        and torch.is_autocast_enabled("cpu")
+        and torch.get_autocast_dtype("cpu") == torch.bfloat16
+        and not cpu_has_bf16_units()
+    )
+
+
+def fastest_autocast(device: torch.device) -> contextlib.AbstractContextManager:
+    """Leaves the autocast as it is, except an emulated bf16 one, which it switches off (fp32 is faster there)."""
+    if emulated_bf16_autocast(device):
+        return torch.autocast("cpu", enabled=False)
+    return contextlib.nullcontext()

@@ -24,7 +24,7 @@ def measure(case: dict) -> dict:
 
     def sample():
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=case["precision"] == "bf16"):
-            module.sample_embeddings(batch["source_ids"], batch["source_mask"], generator, steps=case["steps"])
+            module.pipeline.sample(batch["source_ids"], batch["source_mask"], generator, steps=case["steps"])
 
     with harness.PeakMemory() as memory:
         seconds = harness.timed(sample)

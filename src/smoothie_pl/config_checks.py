@@ -17,7 +17,7 @@ from typing import Any
 from smoothie_pl.diffusion import SPACES, build_schedule
 from smoothie_pl.diffusion.samplers import SAMPLERS
 from smoothie_pl.metrics import METRIC_SETS
-from smoothie_pl.module import DTYPES
+from smoothie_pl.options import DTYPES
 
 
 @dataclass(frozen=True)
@@ -43,10 +43,6 @@ def fraction() -> Allowed:
 def one_of(choices: Iterable[str]) -> Allowed:
     choices = sorted(choices)
     return Allowed(f"one of {choices}", lambda value, _: value in choices)
-
-
-def above_key(key: str) -> Allowed:
-    return Allowed(f"> {key}", lambda value, lookup: value > lookup(key))
 
 
 def each(allowed: Allowed) -> Allowed:

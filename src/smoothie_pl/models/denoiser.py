@@ -251,11 +251,11 @@ class UShapedDenoiser(nn.Module):
 
 
 def build_source_encoder(
-    config: DenoiserConfig, embedding_dim: int, max_source_length: int, pretrained: str | None = None
+    config: DenoiserConfig, embedding_dim: int, source_length: int, pretrained: str | None = None
 ) -> nn.Module | None:
     """The source encoder ``config.source_encoder`` names; ``pretrained`` is the local path of that model."""
     if config.source_encoder == "scratch":
-        return SourceEncoder(embedding_dim, config.width, config, max_source_length)
+        return SourceEncoder(embedding_dim, config.width, config, source_length)
     if config.source_encoder == "pretrained":
         return PretrainedSourceEncoder(pretrained, config.width, freeze=config.freeze_source_encoder)
     return None

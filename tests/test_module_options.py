@@ -206,8 +206,8 @@ def test_trained_embeddings_are_optimised_with_the_two_extra_losses(word_model, 
     def counted(function):
         return lambda *args, **kwargs: calls.append(function.__name__) or function(*args, **kwargs)
 
-    monkeypatch.setattr("smoothie_pl.module.prior_matching_loss", counted(prior_matching_loss))
-    monkeypatch.setattr("smoothie_pl.module.decoding_cross_entropy", counted(decoding_cross_entropy))
+    monkeypatch.setattr("smoothie_pl.diffusion.embedding_losses.prior_matching_loss", counted(prior_matching_loss))
+    monkeypatch.setattr("smoothie_pl.diffusion.embedding_losses.decoding_cross_entropy", counted(decoding_cross_entropy))
     loss = module.diffusion_loss(batch, torch.Generator().manual_seed(0))
     loss.backward()
     assert calls == ["prior_matching_loss", "decoding_cross_entropy"]

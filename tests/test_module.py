@@ -7,6 +7,7 @@ from smoothie_pl.callbacks.ema import warmup_decay
 from smoothie_pl.data import JsonlDataModule
 from smoothie_pl.models import DenoiserConfig
 from smoothie_pl.module import SmoothieModule
+from smoothie_pl.pipeline import SmoothiePipeline
 
 from .conftest import PAIRS
 
@@ -149,7 +150,7 @@ def test_impossible_module_values_are_refused(word_model):
 
 def test_recase_option_applies_to_every_candidate(word_model, monkeypatch):
     module = tiny_module(word_model, recase=True, mbr_candidates=2)
-    monkeypatch.setattr(module, "decode", lambda embeddings: ["and moses went up"] * embeddings.shape[0])
+    monkeypatch.setattr(SmoothiePipeline, "decode", lambda self, embeddings: ["and moses went up"] * embeddings.shape[0])
     outputs = module.generate(["Then Moses spake", "thou art Moses"], steps=2)
     assert outputs == ["And Moses went up", "And Moses went up"]
 

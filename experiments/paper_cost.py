@@ -27,7 +27,8 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 import smoothie_pl.module as module_file
-from smoothie_pl.module import SmoothieModule, seeded_generator
+from smoothie_pl.module import SmoothieModule
+from smoothie_pl.pipeline import seeded_generator
 
 VOCAB, DIM = 28_996, 768  # bert-base-cased
 H100_BF16_PEAK = 989e12

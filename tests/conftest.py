@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+import socket
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -35,6 +37,18 @@ PAIRS = [
     ("ye are the salt of the earth", "you are the salt of the earth"),
     ("love thy neighbour", "love your neighbour"),
 ]
+
+
+def _unused_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def free_port() -> Callable[[], int]:
+    """Call it for a TCP port on 127.0.0.1 that is free now (DDP rendezvous, test daemons)."""
+    return _unused_port
 
 
 def make_word_model(directory: Path, words: list[str], dim: int = 16, seed: int = 0) -> Path:

@@ -24,7 +24,7 @@ def predict(module: SmoothieModule, source_ids: torch.Tensor, source_mask: torch
     x_t = torch.randn(shape, generator=torch.Generator().manual_seed(1))
     t = torch.full((source_ids.shape[0],), 0.3)
     with torch.no_grad():
-        return module.denoiser(x_t, t, module.encode_source(source_ids, source_mask), source_mask)
+        return module.denoiser(x_t, t, module.pipeline.encode_source(source_ids, source_mask), source_mask)
 
 
 def encode(module: SmoothieModule, texts: list[str], pad_to: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -6,7 +6,6 @@ and a one-layer random GPT-2 built here with the MiniLM tokenizer.
 
 import functools
 import math
-import socket
 from collections import Counter
 from pathlib import Path
 
@@ -578,16 +577,10 @@ def _ddp_worker(rank, world_size, port, minilm_path, tiny_lm_path, out_path):
         dist.destroy_process_group()
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.mark.slow
-def test_ddp_shards_equal_single_process(tmp_path, minilm_path, tiny_lm_path):
+def test_ddp_shards_equal_single_process(tmp_path, minilm_path, tiny_lm_path, free_port):
     out_path = tmp_path / "ddp.pt"
-    mp.spawn(_ddp_worker, args=(2, _free_port(), minilm_path, tiny_lm_path, str(out_path)), nprocs=2, join=True)
+    mp.spawn(_ddp_worker, args=(2, free_port(), minilm_path, tiny_lm_path, str(out_path)), nprocs=2, join=True)
     sharded = torch.load(out_path)
     single = {}
     for name, (metric, kind) in ddp_metrics(minilm_path, tiny_lm_path).items():

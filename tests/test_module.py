@@ -7,6 +7,7 @@ from smoothie_pl.callbacks.ema import warmup_decay
 from smoothie_pl.data import JsonlDataModule
 from smoothie_pl.models import DenoiserConfig
 from smoothie_pl.module import SmoothieModule
+from smoothie_pl.pipeline import SmoothiePipeline
 
 from .conftest import PAIRS
 
@@ -63,7 +64,7 @@ def test_generate_is_reproducible_for_a_seed(word_model):
     # The untrained model's texts may all be empty, so compare the sampled embeddings too.
     encoded = module.tokenizer(sources, padding=True, return_tensors="pt")
     ids, mask = encoded["input_ids"], encoded["attention_mask"].bool()
-    sample = lambda seed: module.sample_embeddings(ids, mask, torch.Generator().manual_seed(seed), steps=4)  # noqa: E731
+    sample = lambda seed: module.pipeline.sample(ids, mask, torch.Generator().manual_seed(seed), steps=4)  # noqa: E731
     assert torch.equal(sample(7), sample(7))
     assert not torch.allclose(sample(7), sample(8))
 
@@ -133,8 +134,8 @@ def test_mbr_candidates_are_seeded_per_candidate_and_the_choice_is_one_of_them(w
     module = tiny_module(word_model, mbr_candidates=3)
     encoded = module.tokenizer([source for source, _ in PAIRS[:4]], padding=True, return_tensors="pt")
     ids, mask = encoded["input_ids"], encoded["attention_mask"].bool()
-    chosen, candidates = module.generate_candidates(ids, mask, seed=5, offset=0, steps=3)
-    single, _ = module.generate_candidates(ids, mask, seed=5, offset=0, steps=3, candidates=1)
+    chosen, candidates = module.pipeline.generate_candidates(ids, mask, seed=5, offset=0, steps=3)
+    single, _ = module.pipeline.generate_candidates(ids, mask, seed=5, offset=0, steps=3, candidates=1)
     assert [len(texts) for texts in candidates] == [3, 3, 3, 3]
     assert [texts[0] for texts in candidates] == single  # candidate 0 does not depend on k
     assert all(text in texts for text, texts in zip(chosen, candidates))
@@ -149,7 +150,7 @@ def test_impossible_module_values_are_refused(word_model):
 
 def test_recase_option_applies_to_every_candidate(word_model, monkeypatch):
     module = tiny_module(word_model, recase=True, mbr_candidates=2)
-    monkeypatch.setattr(module, "decode", lambda embeddings: ["and moses went up"] * embeddings.shape[0])
+    monkeypatch.setattr(SmoothiePipeline, "decode", lambda self, embeddings: ["and moses went up"] * embeddings.shape[0])
     outputs = module.generate(["Then Moses spake", "thou art Moses"], steps=2)
     assert outputs == ["And Moses went up", "And Moses went up"]
 
@@ -167,13 +168,12 @@ def test_every_space_trains_and_samples_with_its_own_schedule(word_model, pairs_
     assert len(module.generate([PAIRS[0][0]], seed=0)) == 1
 
 
-def test_schedule_by_name_and_old_checkpoint_hyperparameters(word_model):
+def test_schedule_by_name_or_the_spaces_own_with_parameters(word_model):
     from smoothie_pl.diffusion import ArctanSchedule, SdSchedule
 
     assert tiny_module(word_model, schedule={"name": "sd", "k": 3.0}).space.schedule == SdSchedule(k=3.0)
-    # Checkpoints from before the choice saved the arctan fields without a name and no space.
-    old = tiny_module(word_model, schedule={"sigma_min": 1.5, "sigma_max": 50.0, "k": 9.0, "delta": 1.0})
-    assert old.space.schedule == ArctanSchedule(sigma_max=50.0) and old.hparams.schedule["name"] == "arctan"
+    adjusted = tiny_module(word_model, schedule={"sigma_max": 50.0})  # no name: the smoothie space's arctan
+    assert adjusted.space.schedule == ArctanSchedule(sigma_max=50.0) and adjusted.hparams.schedule["name"] == "arctan"
 
 
 def test_a_linear_token_head_over_a_restricted_vocabulary_loads_from_its_checkpoint(word_model, tmp_path):

@@ -54,7 +54,7 @@ def test_sampling_feeds_each_step_the_previous_prediction(word_model, monkeypatc
     module = tiny_module(word_model, denoiser=DenoiserConfig(**{**TINY.__dict__, "self_conditioning": True}))
     ids, mask = tokenised_sources(module)
     calls = record_denoiser_calls(module, monkeypatch)
-    module.sample_embeddings(ids, mask, torch.Generator().manual_seed(0), steps=4)
+    module.pipeline.sample(ids, mask, torch.Generator().manual_seed(0), steps=4)
     assert len(calls) == 4
     assert calls[0]["previous"] is None
     for earlier, later in zip(calls, calls[1:]):
@@ -90,7 +90,7 @@ def test_guidance_weight_zero_is_exactly_no_guidance(word_model):
     missing, unexpected = plain.load_state_dict(guided.state_dict(), strict=False)
     assert not missing and unexpected == ["null_source.vector"]
     ids, mask = tokenised_sources(guided)
-    sample = lambda module: module.sample_embeddings(ids, mask, torch.Generator().manual_seed(3), steps=3)  # noqa: E731
+    sample = lambda module: module.pipeline.sample(ids, mask, torch.Generator().manual_seed(3), steps=3)  # noqa: E731
     assert torch.equal(sample(guided), sample(plain))
 
 
@@ -100,11 +100,11 @@ def test_guided_prediction_follows_the_formula(word_model):
         module.null_source.vector.normal_()
     ids, mask = tokenised_sources(module)
     # One step: the output is the prediction at t = 1 from the prior input.
-    output = module.sample_embeddings(ids, mask, torch.Generator().manual_seed(4), steps=1)
+    output = module.pipeline.sample(ids, mask, torch.Generator().manual_seed(4), steps=1)
 
     x_1 = module.space.prior_input(3, 8, torch.Generator().manual_seed(4))
     t = torch.ones(3)
-    source = module.encode_source(ids, mask)
+    source = module.pipeline.encode_source(ids, mask)
     null = module.null_source.vector.expand_as(source)
     null_mask = torch.zeros_like(mask)
     null_mask[:, 0] = True
@@ -133,7 +133,7 @@ def test_clamping_re_noises_and_outputs_exact_vocabulary_rows(word_model, monkey
         return noised_input(clean, *args)
 
     monkeypatch.setattr(module.space, "noised_input", recording_noised_input)
-    output = module.sample_embeddings(ids, mask, torch.Generator().manual_seed(0), steps=3)
+    output = module.pipeline.sample(ids, mask, torch.Generator().manual_seed(0), steps=3)
     vocabulary_rows = module.space.embeddings
     for embeddings in [*renoised, output]:
         flat = embeddings.reshape(-1, embeddings.shape[-1])
@@ -141,7 +141,7 @@ def test_clamping_re_noises_and_outputs_exact_vocabulary_rows(word_model, monkey
         assert (flat[:, None, :] == vocabulary_rows[None]).all(-1).any(-1).all()
     assert len(renoised) == 2
 
-    unclamped = tiny_module(word_model).sample_embeddings(ids, mask, torch.Generator().manual_seed(0), steps=3)
+    unclamped = tiny_module(word_model).pipeline.sample(ids, mask, torch.Generator().manual_seed(0), steps=3)
     assert not (unclamped.reshape(-1, 1, unclamped.shape[-1]) == vocabulary_rows[None]).all(-1).any(-1).all()
 
 
@@ -226,8 +226,8 @@ def test_trained_embeddings_are_optimised_with_the_two_extra_losses(word_model, 
     def counted(function):
         return lambda *args, **kwargs: calls.append(function.__name__) or function(*args, **kwargs)
 
-    monkeypatch.setattr("smoothie_pl.module.prior_matching_loss", counted(prior_matching_loss))
-    monkeypatch.setattr("smoothie_pl.module.decoding_cross_entropy", counted(decoding_cross_entropy))
+    monkeypatch.setattr("smoothie_pl.diffusion.embedding_losses.prior_matching_loss", counted(prior_matching_loss))
+    monkeypatch.setattr("smoothie_pl.diffusion.embedding_losses.decoding_cross_entropy", counted(decoding_cross_entropy))
     loss = module.diffusion_loss(batch, torch.Generator().manual_seed(0))
     loss.backward()
     assert calls == ["prior_matching_loss", "decoding_cross_entropy"]
@@ -236,7 +236,7 @@ def test_trained_embeddings_are_optimised_with_the_two_extra_losses(word_model, 
     # A step moves E, and the space (what sampling diffuses over) follows it.
     before = module.space.embeddings.clone()
     optimiser.step()
-    module.sample_embeddings(*tokenised_sources(module), torch.Generator().manual_seed(0), steps=1)
+    module.pipeline.sample(*tokenised_sources(module), torch.Generator().manual_seed(0), steps=1)
     torch.testing.assert_close(module.space.embeddings, module.embedding_matrix.detach()[module.vocabulary])
     assert not torch.equal(module.space.embeddings, before)
 

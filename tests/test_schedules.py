@@ -151,12 +151,11 @@ def test_tess_beta_worked_by_hand():
     assert TessSchedule().beta(torch.tensor([t], dtype=torch.float64)).item() == pytest.approx(expected, rel=1e-10)
 
 
-def test_build_schedule_by_name_and_from_old_checkpoints():
+def test_build_schedule_by_name_or_the_default_with_parameters():
     assert build_schedule({"name": "sd", "k": 3.0}, "arctan") == SdSchedule(k=3.0)
     assert build_schedule(None, "tess") == TessSchedule()
-    # Checkpoints written before the choice existed stored the arctan fields without a name.
-    old = {"sigma_min": 1.5, "sigma_max": 100.0, "k": 9.0, "delta": 1.0}
-    assert build_schedule(old, "arctan") == ArctanSchedule(sigma_max=100.0)
+    # Without a name, the parameters adjust the default schedule.
+    assert build_schedule({"sigma_max": 100.0}, "arctan") == ArctanSchedule(sigma_max=100.0)
     assert build_schedule(SqrtSchedule(), "arctan") == SqrtSchedule()
     assert SdSchedule(k=3.0).to_dict() == {"name": "sd", "k": 3.0}
 

@@ -2,9 +2,7 @@
 
 import datetime
 import os
-import socket
 
-import lightning as L
 import pytest
 import torch
 import torch.distributed as dist
@@ -12,9 +10,7 @@ import torch.multiprocessing as mp
 from torch.nn.parallel import DistributedDataParallel
 
 from smoothie_pl.config_checks import config_errors
-from smoothie_pl.errors import CheckpointMismatchError
 from smoothie_pl.models import DenoiserConfig, UShapedDenoiser
-from smoothie_pl.module import SmoothieModule
 
 from .test_module import TINY, tiny_module
 from .test_module_options import record_denoiser_calls, train_batch
@@ -26,7 +22,7 @@ def denoiser(self_conditioning: bool, conditioning: str = "cross_attention") -> 
     config = DenoiserConfig(
         width=WIDTH, depth=4, heads=2, dropout=0.0, conditioning=conditioning, self_conditioning=self_conditioning
     )
-    return UShapedDenoiser(DIM, config, LENGTH, SOURCE_LENGTH)
+    return UShapedDenoiser(DIM, config, LENGTH)
 
 
 def inputs(seed: int = 0) -> dict:
@@ -175,36 +171,9 @@ def _train_under_ddp(rank: int, port: int) -> None:
         dist.destroy_process_group()
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 @pytest.mark.slow
-def test_ddp_trains_when_the_ranks_disagree_on_the_first_pass():
+def test_ddp_trains_when_the_ranks_disagree_on_the_first_pass(free_port):
     mp.spawn(_train_under_ddp, args=(free_port(),), nprocs=2)  # raises if a rank fails
-
-
-def test_a_checkpoint_of_the_old_single_projection_self_conditioning_is_refused_naming_the_keys(word_model, tmp_path):
-    module = tiny_module(word_model, denoiser=DenoiserConfig(**{**TINY.__dict__, "self_conditioning": True}))
-    trainer = L.Trainer(max_steps=0, logger=False, enable_progress_bar=False, enable_model_summary=False)
-    trainer.strategy.connect(module)
-    path = tmp_path / "old.ckpt"
-    trainer.save_checkpoint(path)
-    checkpoint = torch.load(path, weights_only=False)
-    state = checkpoint["state_dict"]
-    for name in [name for name in state if name.startswith("denoiser.self_conditioning.")]:
-        del state[name]
-    # What earlier versions saved: one Linear(d, width) added to the input.
-    state["denoiser.previous_input.weight"] = torch.zeros(TINY.width, module.embedding_matrix.shape[1])
-    state["denoiser.previous_input.bias"] = torch.zeros(TINY.width)
-    torch.save(checkpoint, path)
-    with pytest.raises(CheckpointMismatchError) as error:
-        SmoothieModule.load_from_checkpoint(path)
-    message = str(error.value)
-    assert "the checkpoint lacks: denoiser.self_conditioning.encoder.input.weight," in message
-    assert "this model lacks: denoiser.previous_input.weight, denoiser.previous_input.bias" in message
 
 
 def test_self_conditioning_depth_must_be_positive():

@@ -13,7 +13,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -41,12 +40,6 @@ class Throttle(Callback):
 
     def on_train_batch_end(self, *args) -> None:
         time.sleep(self.seconds)
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def in_ci() -> bool:
@@ -116,7 +109,7 @@ PartitionName=debug Nodes=localhost Default=YES MaxTime=INFINITE State=UP
 
 
 @pytest.fixture(scope="module")
-def slurm(tmp_path_factory):
+def slurm(tmp_path_factory, free_port):
     """A running one-node cluster; yields the environment its commands need (``SLURM_CONF``)."""
     install_slurm()
     directory = tmp_path_factory.mktemp("slurm")

@@ -40,7 +40,7 @@ def measure(case: dict) -> dict:
 
     def sample():
         with autocast(case):
-            module.sample_embeddings(batch["source_ids"], batch["source_mask"], generator, steps=case["steps"])
+            module.pipeline.sample(batch["source_ids"], batch["source_mask"], generator, steps=case["steps"])
 
     with harness.PeakMemory() as memory:
         seconds = harness.timed(sample)

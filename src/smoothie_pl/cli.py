@@ -87,20 +87,24 @@ class SmoothieCLI(LightningCLI):
         parser.link_arguments("model.source_length", "data.init_args.source_length")
         parser.link_arguments("data", "model.vocabulary", compute_fn=data_vocabulary, apply_on="instantiate")
 
-    def _parse_ckpt_path(self) -> None:
-        """Lightning replaces the model's arguments with the checkpoint's; keep the generation options asked for now."""
+    def parse_arguments(self, parser, args) -> None:
+        """Parse, then note the generation options asked for now (and check ``--ckpt_path`` names a checkpoint).
+
+        Lightning then replaces the model's arguments with the checkpoint's;
+        ``before_instantiate_classes`` puts the noted options back.
+        """
+        super().parse_arguments(parser, args)
         subcommand = self.config.get("subcommand")
-        if not subcommand:
-            return super()._parse_ckpt_path()
-        check_checkpoint_file(self.config[subcommand].get("ckpt_path"))
-        keys = [f"{subcommand}.model.{option}" for option in GENERATION_OPTIONS]
-        requested = {key: self.config[key] for key in keys}
-        super()._parse_ckpt_path()
-        for key, value in requested.items():
-            self.config[key] = value
+        self.requested_generation_options = {}
+        if subcommand:
+            check_checkpoint_file(self.config[subcommand].get("ckpt_path"))
+            keys = [f"{subcommand}.model.{option}" for option in GENERATION_OPTIONS]
+            self.requested_generation_options = {key: self.config[key] for key in keys}
 
     def before_instantiate_classes(self) -> None:
-        """Refuse impossible values (``config_checks``) before any data is read or model built."""
+        """Restore the generation options asked for, then refuse impossible values before any data is read."""
+        for key, value in self.requested_generation_options.items():
+            self.config[key] = value
         subcommand = self.config.get("subcommand")
         errors = config_errors(self.config[subcommand] if subcommand else self.config)
         if errors:
@@ -110,7 +114,8 @@ class SmoothieCLI(LightningCLI):
     def instantiate_trainer(self, **kwargs):
         """Use a Rich progress bar unless the config disables progress bars or brings its own, and
         ``VerifiedCheckpointIO`` unless the config brings another checkpoint plugin."""
-        trainer_config = self._get(self.config_init, "trainer", default={})
+        config = self.config_init[self.subcommand] if self.subcommand else self.config_init
+        trainer_config = config.get("trainer", {})
         callbacks = list(trainer_config.get("callbacks") or [])
         wants_bar = trainer_config.get("enable_progress_bar") is not False
         if wants_bar and not any(isinstance(callback, ProgressBar) for callback in callbacks):

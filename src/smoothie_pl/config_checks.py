@@ -22,7 +22,7 @@ from smoothie_pl.diffusion import SPACES, build_schedule
 from smoothie_pl.diffusion.samplers import SAMPLERS
 from smoothie_pl.metrics import METRIC_SETS
 from smoothie_pl.models import DenoiserConfig
-from smoothie_pl.module import DTYPES
+from smoothie_pl.options import DTYPES
 
 
 @dataclass(frozen=True)
@@ -48,10 +48,6 @@ def fraction() -> Allowed:
 def one_of(choices: Iterable[str]) -> Allowed:
     choices = sorted(choices)
     return Allowed(f"one of {choices}", lambda value, _: value in choices)
-
-
-def above_key(key: str) -> Allowed:
-    return Allowed(f"> {key}", lambda value, lookup: value > lookup(key))
 
 
 def only_with(key: str, wanted: Callable[[Any], bool], needs: str, unset: Any) -> Allowed:

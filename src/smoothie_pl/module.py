@@ -1,4 +1,4 @@
-"""SmoothieModule: wires the embedding matrix, the Smoothie space, the denoiser and the sampler."""
+"""SmoothieModule: training, validation loss and optimisation; generation goes through ``SmoothiePipeline``."""
 
 from __future__ import annotations
 
@@ -12,9 +12,9 @@ from torchmetrics import MeanMetric
 
 from smoothie_pl.arguments import check_generate_arguments, options_of, warn_long_sources
 from smoothie_pl.checkpoint_io import load_verified
-from smoothie_pl.diffusion import SPACES, Schedule, build_sampler, build_schedule
-from smoothie_pl.diffusion.embedding_losses import decoding_cross_entropy, prior_matching_loss
 from smoothie_pl.compilation import compile_in_place
+from smoothie_pl.diffusion import SPACES, Schedule, StepCallback, build_sampler, build_schedule
+from smoothie_pl.diffusion.embedding_losses import embedding_losses, position_mean, prediction_decoding_loss
 from smoothie_pl.embeddings import PACKAGED_MODEL, load_embedding_matrix, load_tokenizer, resolve_embedding_source
 from smoothie_pl.errors import CheckpointMismatchError
 from smoothie_pl.fingerprint import (
@@ -25,13 +25,14 @@ from smoothie_pl.fingerprint import (
     tensor_digest,
     vocabulary_mismatch,
 )
-from smoothie_pl.metrics import SacreBLEU, TextMetrics, mbr_select
-from smoothie_pl.models import DenoiserConfig, NullSource, PretrainedSourceEncoder, SourceEncoder, UShapedDenoiser
-from smoothie_pl.precision import VOCAB_DTYPES, fast_bf16, fastest_autocast, vocab_compute_dtype
-from smoothie_pl.text import ids_to_text, recase_from_source
+from smoothie_pl.metrics import SacreBLEU, TextMetrics
+from smoothie_pl.models import DenoiserConfig, NullSource, UShapedDenoiser, build_source_encoder
+from smoothie_pl.optim import adamw_with_warmup
+from smoothie_pl.options import DTYPES, check_model_options
+from smoothie_pl.pipeline import SmoothiePipeline, combined_seed, seeded_generator
+from smoothie_pl.precision import fast_bf16, fastest_autocast, vocab_compute_dtype
 
 T_TRAIN_MIN = 1e-5
-DTYPES = (*VOCAB_DTYPES, "auto")
 # Hyperparameters that decide which weights exist and their shapes: named when a checkpoint's weights do not fit.
 ARCHITECTURE_OPTIONS = ("denoiser", "space", "token_head", "cfg_dropout", "source_embedding", "train_embeddings")
 # State entries a loaded checkpoint is compared on by their own checks (fingerprint, vocabulary).
@@ -43,108 +44,32 @@ def _as(cls, value):
     return options_of(cls, value, "denoiser")
 
 
-def combined_seed(*seeds: int) -> int:
-    """One seed that depends on every seed given (e.g. seed, rank, index)."""
-    value = 0
-    for seed in seeds:
-        value = (value * 1_000_003 + int(seed)) % (2**63 - 1)
-    return value
-
-
-def seeded_generator(device: torch.device, *seeds: int) -> torch.Generator:
-    """A generator on ``device`` whose stream depends on every seed given (e.g. seed, rank, index)."""
-    return torch.Generator(device=device).manual_seed(combined_seed(*seeds))
-
-
-def _check_guidance(cfg_dropout: float, guidance_weight: float, denoiser: DenoiserConfig) -> None:
-    if not 0.0 <= cfg_dropout < 1.0:
-        raise ValueError(f"cfg_dropout must be in [0, 1), got {cfg_dropout}")
-    if cfg_dropout > 0 and denoiser.source_encoder == "none":
-        raise ValueError("cfg_dropout drops the source, but denoiser.source_encoder is 'none' (unconditional)")
-    if guidance_weight != 0 and cfg_dropout == 0:
-        raise ValueError(
-            f"guidance_weight {guidance_weight} needs a model trained with cfg_dropout > 0: "
-            "without it the model has no unconditional prediction to guide away from"
-        )
-
-
-def _average(values: torch.Tensor, counted: torch.Tensor | None) -> torch.Tensor:
-    """Mean of ``values [B, L]`` over all positions, or over the ``counted`` ones."""
-    if counted is None:
-        return values.mean()
-    return (values * counted).sum() / counted.sum().clamp_min(1)
-
-
 class SmoothieModule(L.LightningModule):
     """Smoothie text diffusion (arXiv 2505.18853) as a LightningModule.
 
     Defaults are the paper's (METHOD sections 3, 6 and 7), so a config only
-    states what differs.
+    states what differs. Every option is described in ``docs/options.md``;
+    in short:
 
-    Args:
-        embedding: Hugging Face name or local path of the model whose input
-            embeddings are diffused over (frozen, standardised); ``None`` is the
-            packaged offline MiniLM.
-        source_embedding: a different model whose embeddings (and tokenizer)
-            the sources use, e.g. a German one for de->en; ``None``: ``embedding``.
-        per_feature_standardisation: standardise ``E`` per column instead of with one scalar mean and std.
-        train_embeddings: put ``E`` in the optimiser, with the prior-matching and
-            decoding losses of METHOD section 4 added to the x0 loss (off: ``E`` is
-            a frozen buffer).
-        masked_loss: average the losses over real target tokens only, not padding.
-        decoding_loss_weight: weight of a cross-entropy of the prediction's own
-            distances ``D0(e0_hat)`` against the true token, added to the x0 loss
-            (0: the paper's objective). It sharpens blurred predictions, which
-            nearest-embedding decoding would turn into frequent short words.
-        cfg_dropout: probability of replacing a training example's source by a
-            learned null source (classifier-free guidance).
-        guidance_weight: ``w`` in ``e0 = e0_c + w (e0_c - e0_u)`` at sampling; 0 is
-            no guidance (needs ``cfg_dropout > 0`` otherwise).
-        clamp: snap every predicted embedding to its nearest vocabulary row
-            before re-noising.
-        vocabulary: token ids to diffuse over (``None``: all). Stored in the
-            checkpoint as a buffer, not as a hyperparameter; a module built
-            with ``None`` takes a loaded checkpoint's, one built with other ids
-            refuses it.
-        denoiser: size and conditioning of the U-shaped transformer.
-        space: the diffusion space (METHOD section 5): ``"smoothie"`` (the paper's),
-            ``"gaussian"`` (Gaussian noise on embeddings) or ``"simplex"`` (TESS).
-        schedule: the noise schedule by name with its parameters, e.g.
-            ``{name: sd, k: 9}`` (``smoothie_pl.diffusion.SCHEDULES``: arctan, sd,
-            tess, cosine, sqrt) or a ``class_path``; ``None`` or a dict without
-            ``name`` is the space's own (arctan, sd, tess).
-        token_head: simplex only: ``"linear"`` or ``"tied"`` token logits on the
-            predicted embedding, trained with cross-entropy and used to decode.
-        target_length, source_length: ``L`` and the longest source ``Lc``.
-        sampler: ``"renoise"`` (the paper's), ``"ddim"``, ``"ddpm"`` or ``"sde"``; the
-            last three hold the full ``[B, L, V]`` state (ablations).
-        sampling_steps: steps of the sampler for test/predict/generate.
-        sampling_noise_scale: multiplies the std of the noise the sampler injects
-            (1 is the paper's sampler; lower is less diverse and, for
-            undertrained models, less littered with frequent words).
-        vocab_chunk_size, vocab_dtype: chunk of vocabulary rows per streaming
-            step and the dtype of its matmuls (``"bfloat16"`` is 3-5x faster on
-            CPUs with AMX/AVX512-BF16 and on GPUs, 5x slower on CPUs without
-            them); ``"auto"`` takes bf16 where the device has bf16 units, else
-            fp32, and logs which.
-        vocab_attention: ``"streaming"`` (never holds ``[B, L, V]``), ``"literal"``,
-            the reference code's materialised formula (a baseline), or ``"fused"``,
-            one Triton kernel with in-kernel Philox noise (CUDA, needs triton).
-        compile_denoiser: ``torch.compile`` the denoiser in place (weights and
-            checkpoint keys are unchanged). Off by default: compiling costs
-            start-up time (about 80 s on 2 CPU cores) and a C++ compiler (without
-            one the denoiser stays eager, with a warning), for 1.08-1.4x faster
-            training steps of the demo model on CPU.
-        metric_set: metrics reported by ``test`` (``smoothie_pl.metrics.METRIC_SETS``:
-            demo, paraphrase, summarization, simplification, translation,
-            unconditional), tracked metric first; ``metric_options`` passes e.g.
-            ``bertscore_model`` or ``bleu_tokenizer``.
-        mbr_candidates, mbr_utility: samples per source and the utility ("bleu" or
-            "rougeL") for Minimum Bayes Risk selection in test, predict and generate.
-        predict_candidates: also write every MBR candidate in predictions.
-        recase: restore capitals an uncased vocabulary (e.g. MiniLM's) loses,
-            taking names' spelling from the source (``text.recase_from_source``).
-        seed: seed of the diffusion noise; each rank and batch derives its own stream.
+    - ``E``: ``embedding`` (a Hugging Face name or path; ``None`` is the packaged
+      offline MiniLM), ``source_embedding`` (another model's for the sources),
+      ``per_feature_standardisation``, ``train_embeddings`` (``E`` in the
+      optimiser with the two losses of METHOD section 4), ``vocabulary`` (token
+      ids to diffuse over; stored as a buffer, a ``None`` module takes a loaded
+      checkpoint's).
+    - the process: ``space`` (smoothie, gaussian, simplex), ``schedule`` (by
+      ``name`` with its parameters; ``None`` or no ``name``: the space's own),
+      ``token_head`` (simplex only), ``denoiser``, ``target_length``,
+      ``source_length``, ``vocab_chunk_size`` / ``vocab_dtype`` /
+      ``vocab_attention`` (how the vocabulary operation runs), ``compile_denoiser``.
+    - training: ``masked_loss``, ``decoding_loss_weight`` (a cross-entropy of the
+      prediction's own distances ``D0(e0_hat)`` against the true token, added to
+      the x0 loss; 0 is the paper's objective), ``cfg_dropout``, the AdamW settings and the
+      linear warm-up from ``warmup_start_lr`` over ``warmup_steps``.
+    - generation (``SmoothiePipeline``): ``sampler`` / ``sampling_steps`` /
+      ``sampling_noise_scale``, ``guidance_weight``, ``clamp``,
+      ``mbr_candidates`` / ``mbr_utility``, ``recase``; evaluation:
+      ``metric_set`` / ``metric_options``, ``predict_candidates``; ``seed`` of the noise.
     """
 
     def __init__(
@@ -188,23 +113,11 @@ class SmoothieModule(L.LightningModule):
     ) -> None:
         super().__init__()
         denoiser = _as(DenoiserConfig, denoiser)
-        if space not in SPACES:
-            raise ValueError(f"space must be one of {sorted(SPACES)}, got {space!r}")
-        if token_head is not None and space != "simplex":
-            raise ValueError(f"token_head is an option of the simplex space, got space={space!r}")
-        if vocab_attention != "streaming" and space != "smoothie":
-            raise ValueError(f"vocab_attention={vocab_attention!r} is an option of the smoothie space, got space={space!r}")
-        if train_embeddings and space != "smoothie":
-            # Its extra losses are written in Smoothie's distances (METHOD section 4).
-            raise ValueError(f"train_embeddings needs space='smoothie', got space={space!r}")
+        check_model_options(
+            space, token_head, vocab_attention, train_embeddings, target_length, source_length, mbr_candidates,
+            vocab_dtype, cfg_dropout, guidance_weight, denoiser,
+        )  # fmt: skip
         schedule = build_schedule(schedule, SPACES[space].default_schedule.name)
-        if target_length <= 0 or source_length <= 0:
-            raise ValueError(f"target_length and source_length must be positive, got {target_length}, {source_length}")
-        if mbr_candidates < 1:
-            raise ValueError(f"mbr_candidates must be at least 1, got {mbr_candidates}")
-        if vocab_dtype not in DTYPES:
-            raise ValueError(f"vocab_dtype must be one of {sorted(DTYPES)}, got {vocab_dtype!r}")
-        _check_guidance(cfg_dropout, guidance_weight, denoiser)
         self.save_hyperparameters(ignore=["vocabulary", "denoiser", "schedule"])
         self.save_hyperparameters({"denoiser": asdict(denoiser), "schedule": schedule.to_dict()})
         self.sampler = build_sampler(sampler, steps=sampling_steps, noise_scale=sampling_noise_scale)
@@ -223,19 +136,11 @@ class SmoothieModule(L.LightningModule):
             source_matrix = load_embedding_matrix(source_embedding, per_feature_standardisation)
             self.register_buffer("source_embedding_matrix", source_matrix)
         dim = embedding_matrix.shape[1]
-        self.denoiser = UShapedDenoiser(dim, denoiser, target_length, source_length)
+        self.denoiser = UShapedDenoiser(dim, denoiser, target_length)
         self.denoiser_compiled = compile_denoiser and compile_in_place(self.denoiser)
-        if denoiser.source_encoder == "scratch":
-            source_dim = self.source_embedding_matrix.shape[1] if source_embedding is not None else dim
-            self.source_encoder = SourceEncoder(source_dim, denoiser.width, denoiser, source_length)
-        elif denoiser.source_encoder == "pretrained":
-            self.source_encoder = PretrainedSourceEncoder(
-                resolve_embedding_source(source_embedding or embedding),
-                denoiser.width,
-                freeze=denoiser.freeze_source_encoder,
-            )
-        else:
-            self.source_encoder = None
+        source_dim = self.source_embedding_matrix.shape[1] if hasattr(self, "source_embedding_matrix") else dim
+        pretrained = resolve_embedding_source(source_embedding or embedding) if denoiser.source_encoder == "pretrained" else None
+        self.source_encoder = build_source_encoder(denoiser, source_dim, source_length, pretrained)
         self.null_source = NullSource(denoiser.width) if cfg_dropout > 0 else None
         self.test_metrics = TextMetrics(metric_set, **(metric_options or {}))
         # Copying the source is the baseline a seq2seq model must beat; an unconditional one has none.
@@ -258,13 +163,12 @@ class SmoothieModule(L.LightningModule):
             )
         self.register_buffer("vocabulary", vocabulary.to(self.embedding_matrix.device))
         hp = self.hparams
-        space = hp.get("space", "smoothie")
-        options = {"vocab_attention": hp.get("vocab_attention", "streaming")} if space == "smoothie" else {}
-        if hp.get("token_head"):
+        options = {"vocab_attention": hp.vocab_attention} if hp.space == "smoothie" else {}
+        if hp.token_head:
             options["token_head"] = hp.token_head
-        self.space = SPACES[space](
+        self.space = SPACES[hp.space](
             self.embedding_matrix.detach()[vocabulary],
-            build_schedule(hp.schedule, "arctan"),
+            build_schedule(hp.schedule, SPACES[hp.space].default_schedule.name),
             chunk_size=hp.vocab_chunk_size,
             compute_dtype=vocab_compute_dtype(hp.vocab_dtype, self._compute_device()),
             **options,
@@ -272,7 +176,10 @@ class SmoothieModule(L.LightningModule):
 
     def _compute_device(self) -> torch.device:
         """Where the vocabulary matmuls will run: the trainer's device once attached (before the move), else ``E``'s."""
-        return self._trainer.strategy.root_device if self._trainer is not None else self.embedding_matrix.device
+        try:
+            return self.trainer.strategy.root_device
+        except RuntimeError:  # not attached to a trainer
+            return self.embedding_matrix.device
 
     @property
     def tokenizer(self):
@@ -282,14 +189,30 @@ class SmoothieModule(L.LightningModule):
     def source_tokenizer(self):
         return load_tokenizer(self.hparams.source_embedding or self.hparams.embedding)
 
-    def encode_source(self, source_ids: torch.Tensor, source_mask: torch.Tensor) -> torch.Tensor | None:
-        if self.source_encoder is None:
-            return None
-        if isinstance(self.source_encoder, PretrainedSourceEncoder):
-            return self.source_encoder(source_ids, source_mask)
-        if self.hparams.source_embedding is not None:
-            return self.source_encoder(self.source_embedding_matrix[source_ids], source_mask)
-        return self.source_encoder(self.embedding_matrix[source_ids], source_mask)
+    @property
+    def pipeline(self) -> SmoothiePipeline:
+        """The generation pipeline over this module's current parts (and its current ``E``)."""
+        self._follow_trained_embeddings()
+        hp = self.hparams
+        scratch_source = hp.source_embedding is not None and hp.denoiser["source_encoder"] == "scratch"
+        return SmoothiePipeline(
+            self.space,
+            self.denoiser,
+            self.vocabulary,
+            self.tokenizer,
+            self.source_tokenizer,
+            self.sampler,
+            hp.target_length,
+            hp.source_length,
+            source_encoder=self.source_encoder,
+            source_embeddings=self.source_embedding_matrix if scratch_source else self.embedding_matrix,
+            null_source=self.null_source,
+            guidance_weight=hp.guidance_weight,
+            clamp=hp.clamp,
+            mbr_candidates=hp.mbr_candidates,
+            mbr_utility=hp.mbr_utility,
+            recase=hp.recase,
+        )
 
     def diffusion_loss(self, batch: dict, generator: torch.Generator) -> torch.Tensor:
         """x0-prediction MSE over all positions and features, padding included (METHOD section 3).
@@ -297,11 +220,11 @@ class SmoothieModule(L.LightningModule):
         ``masked_loss`` leaves padding out; ``train_embeddings`` adds the two
         embedding losses; ``cfg_dropout`` replaces some training sources by the null source.
         """
-        self._follow_trained_embeddings()
+        pipeline = self.pipeline
         clean = self.embedding_matrix[batch["target_ids"]]
         t = torch.rand(clean.shape[0], device=self.device, generator=generator) * (1 - T_TRAIN_MIN) + T_TRAIN_MIN
         x_t = self.space.noised_input(clean, t, generator)
-        source, source_mask = self.encode_source(batch["source_ids"], batch["source_mask"]), batch["source_mask"]
+        source, source_mask = pipeline.encode_source(batch["source_ids"], batch["source_mask"]), batch["source_mask"]
         if self.null_source is not None and self.training:
             drop = torch.rand(clean.shape[0], device=self.device, generator=generator) < self.hparams.cfg_dropout
             source, source_mask = self.null_source(source, source_mask, drop)
@@ -310,61 +233,19 @@ class SmoothieModule(L.LightningModule):
             with torch.no_grad():
                 previous = self.denoiser(x_t, t, source, source_mask).float()
         predicted = self.denoiser(x_t, t, source, source_mask, previous)
-        counted = self._counted_positions(batch["target_ids"])
-        loss = _average((predicted.float() - clean).pow(2).mean(-1), counted)
+        counted = batch["target_ids"] != self.tokenizer.pad_token_id if self.hparams.masked_loss else None
+        loss = position_mean((predicted.float() - clean).pow(2).mean(-1), counted)
         if self.hparams.train_embeddings:
-            loss = loss + self.embedding_losses(clean, batch["target_ids"], counted, generator)
-        if self.hparams.get("decoding_loss_weight", 0.0):
-            loss = loss + self.hparams.decoding_loss_weight * self.prediction_decoding_loss(
-                predicted, batch["target_ids"], counted
+            loss = loss + embedding_losses(
+                self.space, self.vocabulary, self.embedding_matrix, clean, batch["target_ids"], counted, generator,
+                self.hparams.vocab_chunk_size,
+            )  # fmt: skip
+        if self.hparams.decoding_loss_weight:
+            loss = loss + self.hparams.decoding_loss_weight * prediction_decoding_loss(
+                self.space, self.vocabulary, predicted, batch["target_ids"], counted, self.hparams.vocab_chunk_size
             )
         token_loss = self.space.token_loss(predicted.float(), clean)
         return loss if token_loss is None else loss + token_loss
-
-    def _counted_positions(self, target_ids: torch.Tensor) -> torch.Tensor | None:
-        """Target positions the loss averages over: all (``None``), or the real tokens with ``masked_loss``."""
-        return target_ids != self.tokenizer.pad_token_id if self.hparams.masked_loss else None
-
-    def embedding_losses(
-        self, clean: torch.Tensor, target_ids: torch.Tensor, counted: torch.Tensor | None, generator: torch.Generator
-    ) -> torch.Tensor:
-        """Prior matching at t = 1 plus decoding cross-entropy at the smallest t (METHOD section 4).
-
-        Both are averaged over the positions the x0 loss counts; the decoding
-        term skips target tokens outside the diffused vocabulary.
-        """
-        schedule, sigma0 = self.space.schedule, self.space.sigma0
-        vocab = self.embedding_matrix[self.vocabulary]
-        flat_clean = clean.reshape(-1, clean.shape[-1])
-        mu_end, _ = schedule.marginal(torch.ones(1))
-        prior = prior_matching_loss(flat_clean, vocab, mu_end.item(), sigma0, schedule.prior_std)
-
-        rows, known = self._vocabulary_rows(target_ids)
-        mu_start, std_start = schedule.marginal(torch.zeros(1))
-        seed = int(torch.randint(2**62, (1,), generator=generator, device=generator.device))
-        decoding = decoding_cross_entropy(
-            flat_clean, rows, vocab, mu_start.item(), std_start.item(), sigma0, seed, self.hparams.vocab_chunk_size
-        )
-        decoded = known if counted is None else known & counted
-        return _average(prior.view(target_ids.shape), counted) + _average(decoding.view(target_ids.shape), decoded)
-
-    def _vocabulary_rows(self, target_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Rows of the diffused vocabulary for ``target_ids``, and which ids it holds at all."""
-        flat_ids = target_ids.reshape(-1)
-        rows = torch.searchsorted(self.vocabulary, flat_ids).clamp(max=len(self.vocabulary) - 1)
-        return rows, (self.vocabulary[rows] == flat_ids).view(target_ids.shape)
-
-    def prediction_decoding_loss(
-        self, predicted: torch.Tensor, target_ids: torch.Tensor, counted: torch.Tensor | None
-    ) -> torch.Tensor:
-        """``-log softmax(D0(e0_hat))[true token]``, averaged over the counted positions the vocabulary holds."""
-        rows, known = self._vocabulary_rows(target_ids)
-        sigma0 = getattr(self.space, "sigma0", 1.0)
-        flat = predicted.reshape(-1, predicted.shape[-1])
-        per_position = decoding_cross_entropy(
-            flat, rows, self.space.embeddings, 1.0, 0.0, sigma0, 0, self.hparams.vocab_chunk_size
-        )
-        return _average(per_position.view(target_ids.shape), known if counted is None else known & counted)
 
     def _follow_trained_embeddings(self) -> None:
         """A trained ``E`` changes every step: rebuild the space (a detached copy) from the current one."""
@@ -372,98 +253,6 @@ class SmoothieModule(L.LightningModule):
             self._build_space(self.vocabulary)
 
     # ------------------------------------------------------------- generation
-    def guided_prediction(
-        self,
-        x_t: torch.Tensor,
-        t: torch.Tensor,
-        source: torch.Tensor | None,
-        source_mask: torch.Tensor | None,
-        previous: torch.Tensor | None,
-    ) -> torch.Tensor:
-        """``e0_c + w (e0_c - e0_u)`` (classifier-free guidance); with ``w = 0`` only the conditional pass runs."""
-        conditional = self.denoiser(x_t, t, source, source_mask, previous).float()
-        weight = self.hparams.guidance_weight
-        if weight == 0:
-            return conditional
-        everything = torch.ones(x_t.shape[0], dtype=torch.bool, device=x_t.device)
-        null, null_mask = self.null_source(source, source_mask, everything)
-        unconditional = self.denoiser(x_t, t, null, null_mask, previous).float()
-        return conditional + weight * (conditional - unconditional)
-
-    def clamp_to_vocabulary(self, predicted: torch.Tensor) -> torch.Tensor:
-        """The nearest vocabulary row of every predicted embedding (exact rows of the space's ``E``)."""
-        return self.space.embeddings[self.space.decode(predicted)]
-
-    @torch.no_grad()
-    def sample_embeddings(
-        self, source_ids: torch.Tensor, source_mask: torch.Tensor, generator: torch.Generator, steps: int | None = None
-    ) -> torch.Tensor:
-        """Predicted clean embeddings ``[B, L, d]`` for a batch of tokenised sources.
-
-        Self-conditioning feeds each step the previous step's (guided, unclamped)
-        prediction, as training feeds the first pass's; ``clamp`` applies to
-        what the sampler re-noises and to the output.
-        """
-        with fastest_autocast(self.device):
-            return self._sample_embeddings(source_ids, source_mask, generator, steps)
-
-    def _sample_embeddings(
-        self, source_ids: torch.Tensor, source_mask: torch.Tensor, generator: torch.Generator, steps: int | None
-    ) -> torch.Tensor:
-        self._follow_trained_embeddings()
-        source = self.encode_source(source_ids, source_mask)
-        sampler = self.sampler
-        if steps is not None:
-            sampler = build_sampler(self.hparams.sampler, steps=steps, noise_scale=self.hparams.sampling_noise_scale)
-
-        previous = None
-
-        def denoise(x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-            nonlocal previous
-            previous = self.guided_prediction(x_t, t, source, source_mask, previous)
-            return self.clamp_to_vocabulary(previous) if self.hparams.clamp else previous
-
-        return sampler.sample(self.space, denoise, source_ids.shape[0], self.hparams.target_length, generator)
-
-    def decode(self, embeddings: torch.Tensor) -> list[str]:
-        token_ids = self.vocabulary[self.space.decode(embeddings)]
-        return [ids_to_text(self.tokenizer, row) for row in token_ids.tolist()]
-
-    def generate_candidates(
-        self,
-        source_ids: torch.Tensor,
-        source_mask: torch.Tensor,
-        seed: int,
-        offset: int,
-        steps: int | None = None,
-        candidates: int | None = None,
-        sources: list[str] | None = None,
-    ) -> tuple[list[str], list[list[str]]]:
-        """MBR-chosen texts and all ``candidates`` samples per source (``[B][k]``).
-
-        Candidate ``c`` of the batch starting at dataset position ``offset`` draws
-        its noise from ``(seed, offset, c)``, so results do not depend on the rank
-        or on how many candidates were asked for before it. ``sources`` (the raw
-        strings) are needed only when ``recase`` is on.
-        """
-        k = candidates or self.hparams.mbr_candidates
-        samples = []
-        for c in range(k):
-            generator = seeded_generator(self.device, seed, offset, c)
-            samples.append(self.decode(self.sample_embeddings(source_ids, source_mask, generator, steps)))
-        per_source = [list(texts) for texts in zip(*samples)]
-        if self.hparams.recase:
-            per_source = [[recase_from_source(text, src) for text in texts] for texts, src in zip(per_source, sources)]
-        if k == 1:
-            return [texts[0] for texts in per_source], per_source
-        chosen = mbr_select(per_source, self.hparams.mbr_utility)
-        return [texts[i] for texts, i in zip(per_source, chosen)], per_source
-
-    def _generate_batch(self, batch: dict) -> tuple[list[str], list[list[str]]]:
-        return self.generate_candidates(
-            batch["source_ids"], batch["source_mask"], self.hparams.seed, int(batch["index"][0]), sources=batch["source"]
-        )
-
     @torch.no_grad()
     def generate(
         self,
@@ -473,6 +262,7 @@ class SmoothieModule(L.LightningModule):
         batch_size: int = 64,
         candidates: int | None = None,
         first_index: int = 0,
+        callback: StepCallback | None = None,
     ) -> list[str]:
         """Generate one target per source string; the same seed gives the same texts.
 
@@ -480,26 +270,24 @@ class SmoothieModule(L.LightningModule):
         are drawn per source and the MBR choice among them is returned. Noise is
         seeded per batch from its position, counted from ``first_index``: a list
         cut at multiples of ``batch_size`` gives the same texts piece by piece.
+        ``callback(k, t, x, e0)`` is called after every model evaluation.
         """
         check_generate_arguments(sources, steps, seed, batch_size, candidates, first_index)
         warn_long_sources(self.source_tokenizer, sources, self.hparams.source_length)
         was_training = self.training
         self.eval()
         seed = self.hparams.seed if seed is None else seed
-        outputs = []
-        for start in range(0, len(sources), batch_size):
-            chunk = sources[start : start + batch_size]
-            encoded = self.source_tokenizer(
-                chunk,
-                truncation=True,
-                max_length=self.hparams.source_length,
-                padding=True,
-                return_tensors="pt",
+        try:
+            with fastest_autocast(self.device):
+                return self.pipeline.generate(sources, seed, steps, batch_size, candidates, first_index, callback)
+        finally:
+            self.train(was_training)
+
+    def _generate_batch(self, batch: dict) -> tuple[list[str], list[list[str]]]:
+        with fastest_autocast(self.device):
+            return self.pipeline.generate_candidates(
+                batch["source_ids"], batch["source_mask"], self.hparams.seed, int(batch["index"][0]), sources=batch["source"]
             )
-            ids, mask = encoded["input_ids"].to(self.device), encoded["attention_mask"].bool().to(self.device)
-            outputs.extend(self.generate_candidates(ids, mask, seed, first_index + start, steps, candidates, chunk)[0])
-        self.train(was_training)
-        return outputs
 
     # ------------------------------------------------------------ Lightning
     def setup(self, stage: str) -> None:
@@ -519,7 +307,8 @@ class SmoothieModule(L.LightningModule):
         # Noise and dropout masks come from (seed, rank, step, batch): each rank draws its own,
         # and a resumed run draws what the uninterrupted run drew, with no random state to save.
         stream = (self.hparams.seed, self.global_rank, self.global_step, batch_idx)
-        with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []), fastest_autocast(self.device):
+        cuda = [self.device] if self.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=cuda), fastest_autocast(self.device):
             torch.manual_seed(combined_seed(*stream))
             loss = self.diffusion_loss(batch, seeded_generator(self.device, *stream))
         self.log("train/loss", loss, prog_bar=True, batch_size=batch["target_ids"].shape[0])
@@ -554,12 +343,8 @@ class SmoothieModule(L.LightningModule):
         predictions, candidates = self._generate_batch(batch)
         records = []
         for row, index in enumerate(batch["index"].tolist()):
-            record = {
-                "index": index,
-                "source": batch["source"][row],
-                "reference": batch["reference"][row],
-                "prediction": predictions[row],
-            }
+            record = {"index": index, "source": batch["source"][row], "reference": batch["reference"][row]}
+            record["prediction"] = predictions[row]
             if self.hparams.predict_candidates:
                 record["candidates"] = candidates[row]
             records.append(record)
@@ -567,22 +352,10 @@ class SmoothieModule(L.LightningModule):
 
     def configure_optimizers(self):
         hp = self.hparams
-        optimizer = torch.optim.AdamW(
-            self.parameters(),
-            lr=hp.lr,
-            betas=tuple(hp.betas),
-            eps=hp.eps,
-            weight_decay=hp.weight_decay,
+        optimizer, scheduler = adamw_with_warmup(
+            self.parameters(), hp.lr, hp.betas, hp.eps, hp.weight_decay, hp.warmup_steps, hp.warmup_start_lr,
             fused=self.device.type in ("cpu", "cuda"),  # the per-tensor loop is the default on CPU: 10 % of a step
-        )
-        start = min(hp.warmup_start_lr / hp.lr, 1.0)
-
-        def warmup_then_constant(step: int) -> float:
-            if hp.warmup_steps <= 0 or step >= hp.warmup_steps:
-                return 1.0
-            return start + (1.0 - start) * step / hp.warmup_steps
-
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_then_constant)
+        )  # fmt: skip
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     def fingerprint(self) -> dict[str, Any]:
@@ -604,13 +377,19 @@ class SmoothieModule(L.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint[CHECKPOINT_KEY] = self.fingerprint()
 
+    def _checkpoint_name(self) -> str:
+        """The path the trainer loads from, for messages (``load_from_checkpoint`` has no trainer)."""
+        try:
+            return self.trainer.ckpt_path or "being loaded"
+        except RuntimeError:  # not attached to a trainer
+            return "being loaded"
+
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         """Refuse a checkpoint of another embedding, tokenizer or architecture; take its vocabulary unless the data gave one."""
         state = checkpoint["state_dict"]
         matrix = state.get("embedding_matrix")
-        name = getattr(self._trainer, "ckpt_path", None) or "being loaded"
-        if CHECKPOINT_KEY in checkpoint:
-            check_compatible(checkpoint[CHECKPOINT_KEY], self.fingerprint(), name, matrix, self.embedding_matrix)
+        name = self._checkpoint_name()
+        check_compatible(checkpoint[CHECKPOINT_KEY], self.fingerprint(), name, matrix, self.embedding_matrix)
         if matrix is not None and matrix.shape != self.embedding_matrix.shape:
             raise CheckpointMismatchError(
                 f"checkpoint embedding matrix has shape {tuple(matrix.shape)} but this model's "

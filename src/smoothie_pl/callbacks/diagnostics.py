@@ -146,7 +146,7 @@ class Diagnostics(Callback):
         times = torch.full((size,), t, device=device)
 
         x_t = space.noised_input(clean, times, torch.Generator(device=device).manual_seed(self.seed))
-        source = pl_module.encode_source(source_ids, source_mask)
+        source = pl_module.pipeline.encode_source(source_ids, source_mask)
         predicted = pl_module.denoiser(x_t, times, source, source_mask).float()
         mse = F.mse_loss(predicted, clean)
 

@@ -86,7 +86,7 @@ def read_jsonl_pairs(
 
 
 class JsonlDataModule(Seq2SeqDataModule):
-    """Seq2seq pairs from jsonl files; ``predict_file`` defaults to the predict split's file.
+    """Seq2seq pairs from jsonl files, one per split; ``predict`` reads the ``predict_split``'s file.
 
     ``skip_bad_lines`` drops malformed lines (reported in one warning per file)
     instead of stopping at the first one.

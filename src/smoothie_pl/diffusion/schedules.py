@@ -190,8 +190,7 @@ def _as_float(key: str, value) -> float:
 def build_schedule(spec: Schedule | dict | None, default: str) -> Schedule:
     """A schedule from an object, or from ``{name: ..., **parameters}``; without ``name``, ``default``.
 
-    A dict without ``name`` is how checkpoints saved before there was a choice
-    stored the arctan schedule; it still loads (with ``default = "arctan"``).
+    ``default`` is the space's own schedule, so ``{sigma_max: 100}`` adjusts Smoothie's arctan one.
     """
     if isinstance(spec, Schedule):
         return spec

@@ -169,7 +169,7 @@ class UShapedDenoiser(nn.Module):
     sources are padded.
     """
 
-    def __init__(self, embedding_dim: int, config: DenoiserConfig, max_length: int, max_source_length: int) -> None:
+    def __init__(self, embedding_dim: int, config: DenoiserConfig, max_length: int) -> None:
         super().__init__()
         self.config = config
         width = config.width
@@ -248,3 +248,14 @@ class UShapedDenoiser(nn.Module):
         if source_mask is None:
             source_mask = torch.ones(source.shape[:2], dtype=torch.bool, device=source.device)
         return joined, torch.cat([target_mask, source_mask.bool()], dim=1)
+
+
+def build_source_encoder(
+    config: DenoiserConfig, embedding_dim: int, source_length: int, pretrained: str | None = None
+) -> nn.Module | None:
+    """The source encoder ``config.source_encoder`` names; ``pretrained`` is the local path of that model."""
+    if config.source_encoder == "scratch":
+        return SourceEncoder(embedding_dim, config.width, config, source_length)
+    if config.source_encoder == "pretrained":
+        return PretrainedSourceEncoder(pretrained, config.width, freeze=config.freeze_source_encoder)
+    return None

@@ -1,4 +1,8 @@
-"""``smoothie fit|validate|test|predict --config ...``: LightningCLI with Smoothie's links and defaults."""
+"""``smoothie fit|validate|test|predict --config ...``: LightningCLI with Smoothie's links and defaults.
+
+``smoothie generate`` and ``smoothie export`` work on a trained model without a
+config; they have their own modules (``generate_command``, ``export_command``).
+"""
 
 from __future__ import annotations
 
@@ -128,9 +132,20 @@ def smoothie_cause(error: BaseException | None) -> SmoothieError | None:
     return error
 
 
+def model_commands() -> dict:
+    """Subcommands that take a trained model instead of a config, by name."""
+    from smoothie_pl import export_command, generate_command
+
+    return {"export": export_command.main, "generate": generate_command.main}
+
+
 def run(args: list[str] | None = None) -> int:
     """Run the CLI and return its exit status; a ``SmoothieError`` is one message on stderr, not a traceback."""
+    args = sys.argv[1:] if args is None else args
     try:
+        commands = model_commands()
+        if args and args[0] in commands:
+            return commands[args[0]](args[1:])
         build_cli(args)
     except SystemExit as exit:  # the parser's errors (unknown keys, wrong types) and --help
         if exit.code is None or isinstance(exit.code, int):

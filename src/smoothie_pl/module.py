@@ -11,8 +11,10 @@ from torchmetrics import MeanMetric
 
 from smoothie_pl.diffusion import SPACES, Schedule, build_sampler, build_schedule
 from smoothie_pl.diffusion.embedding_losses import decoding_cross_entropy, prior_matching_loss
-from smoothie_pl.embeddings import PACKAGED_MODEL, load_embedding_matrix, load_tokenizer, resolve_embedding_source
+from smoothie_pl.diffusion.samplers import StepCallback
+from smoothie_pl.embeddings import PACKAGED_MODEL, load_embedding_matrix, load_tokenizer, pretrained_encoder_origin
 from smoothie_pl.errors import CheckpointMismatchError
+from smoothie_pl.export import add_loading_parts
 from smoothie_pl.fingerprint import (
     CHECKPOINT_KEY,
     check_compatible,
@@ -23,6 +25,7 @@ from smoothie_pl.fingerprint import (
 from smoothie_pl.metrics import SacreBLEU, TextMetrics, mbr_select
 from smoothie_pl.models import DenoiserConfig, NullSource, PretrainedSourceEncoder, SourceEncoder, UShapedDenoiser
 from smoothie_pl.text import ids_to_text, recase_from_source
+from smoothie_pl.trajectory import TrajectoryRecorder, chain
 
 T_TRAIN_MIN = 1e-5
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -216,7 +219,7 @@ class SmoothieModule(L.LightningModule):
             self.source_encoder = SourceEncoder(source_dim, denoiser.width, denoiser, source_length)
         elif denoiser.source_encoder == "pretrained":
             self.source_encoder = PretrainedSourceEncoder(
-                resolve_embedding_source(source_embedding or embedding),
+                pretrained_encoder_origin(source_embedding or embedding),
                 denoiser.width,
                 freeze=denoiser.freeze_source_encoder,
             )
@@ -227,6 +230,8 @@ class SmoothieModule(L.LightningModule):
         # Copying the source is the baseline a seq2seq model must beat; an unconditional one has none.
         self.test_copy_sacrebleu = SacreBLEU() if denoiser.source_encoder != "none" else None
         self.val_loss = MeanMetric()  # mean over every validation pair of every rank
+        # Tokenizers by model name, filled when a saved model is loaded (``smoothie_pl.export``), else loaded by name.
+        self.saved_tokenizers: dict[str | None, Any] = {}
 
     # ----------------------------------------------------------------- parts
     def _build_space(self, vocabulary: torch.Tensor) -> None:
@@ -252,11 +257,21 @@ class SmoothieModule(L.LightningModule):
 
     @property
     def tokenizer(self):
-        return load_tokenizer(self.hparams.embedding)
+        return self._tokenizer_of(self.hparams.embedding)
 
     @property
     def source_tokenizer(self):
-        return load_tokenizer(self.hparams.source_embedding or self.hparams.embedding)
+        return self._tokenizer_of(self.hparams.source_embedding or self.hparams.embedding)
+
+    def _tokenizer_of(self, name: str | None):
+        return self.saved_tokenizers[name] if name in self.saved_tokenizers else load_tokenizer(name)
+
+    @classmethod
+    def from_pretrained(cls, path: str, **overrides: Any) -> "SmoothieModule":
+        """A model from an exported folder or a checkpoint, offline (``smoothie_pl.export.load_pretrained``)."""
+        from smoothie_pl.export import load_pretrained
+
+        return load_pretrained(cls, path, **overrides)
 
     def encode_source(self, source_ids: torch.Tensor, source_mask: torch.Tensor) -> torch.Tensor | None:
         if self.source_encoder is None:
@@ -351,13 +366,19 @@ class SmoothieModule(L.LightningModule):
 
     @torch.no_grad()
     def sample_embeddings(
-        self, source_ids: torch.Tensor, source_mask: torch.Tensor, generator: torch.Generator, steps: int | None = None
+        self,
+        source_ids: torch.Tensor,
+        source_mask: torch.Tensor,
+        generator: torch.Generator,
+        steps: int | None = None,
+        callback: StepCallback | None = None,
     ) -> torch.Tensor:
         """Predicted clean embeddings ``[B, L, d]`` for a batch of tokenised sources.
 
         Self-conditioning feeds each step the previous step's (guided, unclamped)
         prediction, as training feeds the first pass's; ``clamp`` applies to
-        what the sampler re-noises and to the output.
+        what the sampler re-noises and to the output. ``callback(k, t, x, e0)``
+        sees every step (``diffusion.samplers.StepCallback``).
         """
         self._follow_trained_embeddings()
         source = self.encode_source(source_ids, source_mask)
@@ -372,7 +393,9 @@ class SmoothieModule(L.LightningModule):
             previous = self.guided_prediction(x_t, t, source, source_mask, previous)
             return self.clamp_to_vocabulary(previous) if self.hparams.clamp else previous
 
-        return sampler.sample(self.space, denoise, source_ids.shape[0], self.hparams.target_length, generator)
+        return sampler.sample(
+            self.space, denoise, source_ids.shape[0], self.hparams.target_length, generator, callback=callback
+        )
 
     def decode(self, embeddings: torch.Tensor) -> list[str]:
         token_ids = self.vocabulary[self.space.decode(embeddings)]
@@ -387,6 +410,7 @@ class SmoothieModule(L.LightningModule):
         steps: int | None = None,
         candidates: int | None = None,
         sources: list[str] | None = None,
+        callback: StepCallback | None = None,
     ) -> tuple[list[str], list[list[str]]]:
         """MBR-chosen texts and all ``candidates`` samples per source (``[B][k]``).
 
@@ -399,7 +423,7 @@ class SmoothieModule(L.LightningModule):
         samples = []
         for c in range(k):
             generator = seeded_generator(self.device, seed, offset, c)
-            samples.append(self.decode(self.sample_embeddings(source_ids, source_mask, generator, steps)))
+            samples.append(self.decode(self.sample_embeddings(source_ids, source_mask, generator, steps, callback)))
         per_source = [list(texts) for texts in zip(*samples)]
         if self.hparams.recase:
             per_source = [[recase_from_source(text, src) for text in texts] for texts, src in zip(per_source, sources)]
@@ -422,20 +446,26 @@ class SmoothieModule(L.LightningModule):
         batch_size: int = 64,
         candidates: int | None = None,
         first_index: int = 0,
-    ) -> list[str]:
+        callback: StepCallback | None = None,
+        trajectory: bool = False,
+    ) -> list[str] | tuple[list[str], list[dict]]:
         """Generate one target per source string; the same seed gives the same texts.
 
         With ``candidates`` (default ``mbr_candidates``) above 1, that many samples
         are drawn per source and the MBR choice among them is returned. Noise is
         seeded per batch from its position, counted from ``first_index``: a list
         cut at multiples of ``batch_size`` gives the same texts piece by piece.
+
+        ``callback(k, t, x, e0)`` is called after every model evaluation. With
+        ``trajectory`` the texts come with one record per source holding the
+        decoded text of every step (``smoothie_pl.trajectory``).
         """
         if isinstance(sources, str):
             raise TypeError("generate expects a list of source strings, got a single string")
         was_training = self.training
         self.eval()
         seed = self.hparams.seed if seed is None else seed
-        outputs = []
+        outputs, trajectories = [], []
         for start in range(0, len(sources), batch_size):
             chunk = sources[start : start + batch_size]
             encoded = self.source_tokenizer(
@@ -446,9 +476,15 @@ class SmoothieModule(L.LightningModule):
                 return_tensors="pt",
             )
             ids, mask = encoded["input_ids"].to(self.device), encoded["attention_mask"].bool().to(self.device)
-            outputs.extend(self.generate_candidates(ids, mask, seed, first_index + start, steps, candidates, chunk)[0])
+            recorder = TrajectoryRecorder(self.decode, chunk, self.hparams.recase) if trajectory else None
+            chosen, per_source = self.generate_candidates(
+                ids, mask, seed, first_index + start, steps, candidates, chunk, chain(callback, recorder)
+            )
+            outputs.extend(chosen)
+            if recorder is not None:
+                trajectories.extend(recorder.records(chosen, per_source, first_index + start))
         self.train(was_training)
-        return outputs
+        return (outputs, trajectories) if trajectory else outputs
 
     # ------------------------------------------------------------ Lightning
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
@@ -489,12 +525,10 @@ class SmoothieModule(L.LightningModule):
         predictions, candidates = self._generate_batch(batch)
         records = []
         for row, index in enumerate(batch["index"].tolist()):
-            record = {
-                "index": index,
-                "source": batch["source"][row],
-                "reference": batch["reference"][row],
-                "prediction": predictions[row],
-            }
+            record = {"index": index, "source": batch["source"][row]}
+            if batch["reference"][row] is not None:  # inference-only data has none
+                record["reference"] = batch["reference"][row]
+            record["prediction"] = predictions[row]
             if self.hparams.predict_candidates:
                 record["candidates"] = candidates[row]
             records.append(record)
@@ -536,6 +570,7 @@ class SmoothieModule(L.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint[CHECKPOINT_KEY] = self.fingerprint()
+        add_loading_parts(checkpoint, self)  # tokenizer files and encoder configs: the checkpoint loads offline
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         """Refuse a checkpoint of another embedding, tokenizer or architecture; take its vocabulary unless the data gave one."""

@@ -1,7 +1,8 @@
 """Samplers: a time grid and one step, behind one contract, chosen by name.
 
 Every sampler walks the grid ``t_k = 1 - k / N`` (``k = 0..N``), runs the model
-at ``t_0 .. t_{N-1}`` and returns the last prediction of ``e0``. The re-noise
+at ``t_0 .. t_{N-1}`` and returns the last prediction of ``e0``; an optional
+``callback(k, t, x, e0)`` sees every evaluation. The re-noise
 sampler (the paper's) needs only that prediction and fresh noise, so the
 space streams it. DDIM, DDPM and SDE keep the full state between steps
 (``[B, L, V]`` for Smoothie and the simplex): fine for ablations at demo
@@ -21,6 +22,13 @@ from smoothie_pl.diffusion.schedules import Schedule
 
 Denoise = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 """``(model input [B, L, d], t [B]) -> predicted clean embeddings [B, L, d]``."""
+
+StepCallback = Callable[[int, torch.Tensor, torch.Tensor, torch.Tensor], None]
+"""``(k, t [B], model input x [B, L, d], prediction e0 [B, L, d]) -> None``, after every model evaluation.
+
+It sees the loop as it runs (to record or draw a sample forming); it must not
+change the tensors it is given.
+"""
 
 
 class Space(Protocol):
@@ -70,11 +78,15 @@ class RenoiseSampler(Sampler):
         length: int,
         generator: torch.Generator | None = None,
         device: torch.device | None = None,
+        callback: StepCallback | None = None,
     ) -> torch.Tensor:
         x = space.prior_input(batch, length, generator)
         grid = self.timesteps(device or x.device)
         for k in range(self.steps):
-            predicted = denoise(x, grid[k].expand(batch))
+            t = grid[k].expand(batch)
+            predicted = denoise(x, t)
+            if callback is not None:
+                callback(k, t, x, predicted)
             if k + 1 < self.steps:
                 x = space.renoise_input(predicted, grid[k + 1].expand(batch), generator, self.noise_scale)
         return predicted
@@ -109,12 +121,16 @@ class StateSampler(Sampler):
         length: int,
         generator: torch.Generator | None = None,
         device: torch.device | None = None,
+        callback: StepCallback | None = None,
     ) -> torch.Tensor:
         state = space.prior_state(batch, length, generator)
         grid = self.timesteps(device or state.device)
         for k in range(self.steps):
             t = grid[k].expand(batch)
-            predicted = denoise(space.state_input(state), t)
+            x = space.state_input(state)
+            predicted = denoise(x, t)
+            if callback is not None:
+                callback(k, t, x, predicted)
             if k + 1 < self.steps:
                 clean = space.clean_state(predicted)
                 state = self.step(space.schedule, state, clean, t, grid[k + 1].expand(batch), generator)

@@ -112,3 +112,24 @@ def test_a_fresh_process_loads_both_with_the_embedding_model_deleted(exported, t
         loaded = torch.load(tmp_path / f"{name}.pt", weights_only=True)
         assert loaded["texts"] == texts
         assert torch.equal(loaded["embeddings"], embeddings)
+
+
+def test_a_pretrained_source_encoder_is_rebuilt_from_its_saved_config(tmp_path):
+    """Saved outside a Trainer, the checkpoint still holds the tokenizer and the encoder's config."""
+    import shutil
+
+    from smoothie_pl.export import add_loading_parts
+
+    from .conftest import make_word_model, pair_words
+
+    embedding = make_word_model(tmp_path / "embedding", pair_words())
+    denoiser = {"width": 32, "depth": 2, "heads": 2, "encoder_depth": 1, "source_encoder": "pretrained"}
+    module = SmoothieModule(embedding=str(embedding), denoiser=denoiser, target_length=8, source_length=10).eval()
+    expected = sampled(module)
+    checkpoint = {"state_dict": module.state_dict(), "hyper_parameters": dict(module.hparams)}
+    add_loading_parts(checkpoint, module)
+    torch.save(checkpoint, tmp_path / "model.ckpt")
+    shutil.rmtree(embedding)
+    loaded = SmoothieModule.from_pretrained(tmp_path / "model.ckpt")
+    texts, embeddings = sampled(loaded)
+    assert texts == expected[0] and torch.equal(embeddings, expected[1])

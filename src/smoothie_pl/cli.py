@@ -141,12 +141,12 @@ def model_commands() -> dict:
 
 def run(args: list[str] | None = None) -> int:
     """Run the CLI and return its exit status; a ``SmoothieError`` is one message on stderr, not a traceback."""
-    args = sys.argv[1:] if args is None else args
+    words = sys.argv[1:] if args is None else args
     try:
         commands = model_commands()
-        if args and args[0] in commands:
-            return commands[args[0]](args[1:])
-        build_cli(args)
+        if words and words[0] in commands:
+            return commands[words[0]](words[1:])
+        build_cli(args)  # None: LightningCLI reads sys.argv itself
     except SystemExit as exit:  # the parser's errors (unknown keys, wrong types) and --help
         if exit.code is None or isinstance(exit.code, int):
             return exit.code or 0

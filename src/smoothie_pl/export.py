@@ -71,9 +71,8 @@ def add_loading_parts(checkpoint: dict, module) -> None:
     """Store in ``checkpoint`` what loading it offline needs beyond its state, and what it was trained on."""
     from smoothie_pl.models import PretrainedSourceEncoder
 
-    checkpoint[TOKENIZERS_KEY] = {
-        role: tokenizer_files(module._tokenizer_of(name)) for role, name in tokenizer_roles(module.hparams).items()
-    }
+    tokenizers = {"target": module.tokenizer, "source": module.source_tokenizer}
+    checkpoint[TOKENIZERS_KEY] = {role: tokenizer_files(tokenizers[role]) for role in tokenizer_roles(module.hparams)}
     if isinstance(module.source_encoder, PretrainedSourceEncoder):
         checkpoint[ENCODER_CONFIG_KEY] = module.source_encoder.encoder.config.to_dict()
     try:

@@ -8,7 +8,9 @@ from smoothie_pl.export import CARD_FILE, export_checkpoint
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="smoothie export", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="smoothie export", description="Write a checkpoint as a self-contained model folder."
+    )
     parser.add_argument("--ckpt_path", required=True, help="the Lightning checkpoint to export")
     parser.add_argument("--output", required=True, help="the folder to write (model.safetensors, config.json, ...)")
     parser.add_argument("--overwrite", action="store_true", help="write into a folder that already holds files")

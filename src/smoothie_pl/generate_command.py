@@ -36,7 +36,10 @@ def positive_int(value: str) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="smoothie generate", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="smoothie generate",
+        description="Text from a trained model (an exported folder or a checkpoint), without a config.",
+    )
     parser.add_argument("--model", required=True, help="an exported model folder or a .ckpt file")
     parser.add_argument("--input", required=True, help="sources, one per line (text or jsonl with 'src'); - is stdin")
     parser.add_argument("--output", required=True, help="where the generations go; - is stdout")

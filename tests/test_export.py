@@ -98,7 +98,8 @@ def test_a_fresh_process_loads_both_with_the_embedding_model_deleted(exported, t
     embedding.rename(hidden)
     try:
         process = subprocess.run(
-            [sys.executable, "-c", LOAD_OFFLINE, str(exported), str(trained_run / "checkpoints/last.ckpt"), f"{tmp_path}/"],
+            [sys.executable, "-c", LOAD_OFFLINE, str(exported), str(trained_run / "checkpoints/last.ckpt"),
+             f"{tmp_path}/"],
             cwd=root,
             env={**os.environ, "PYTHONPATH": f"{root / 'src'}{os.pathsep}{root}"},
             capture_output=True,

@@ -41,7 +41,8 @@ def test_text_and_jsonl_outputs_match_generate_for_any_batch_size(checkpoint, mo
 
 def test_stdin_to_stdout_and_the_steps_drawn(checkpoint, monkeypatch, capsys):
     monkeypatch.setattr("sys.stdin", io.StringIO("And God said, Let there be light\n"))
-    assert run(["generate", "--model", checkpoint, "--input", "-", "--output", "-", "--show-steps", "--steps", "3"]) == 0
+    arguments = ["--model", checkpoint, "--input", "-", "--output", "-", "--show-steps", "--steps", "3"]
+    assert run(["generate", *arguments]) == 0
     captured = capsys.readouterr()
     assert len(captured.out.splitlines()) == 1
     assert "source 0: And God said, Let there be light" in captured.err
@@ -105,7 +106,8 @@ def test_the_sampler_callback_sees_every_evaluation(model, name):
     if name == "renoise":
         denoise = lambda x, t: torch.tanh(x) + t.view(-1, 1, 1)  # noqa: E731
     else:
-        denoise = lambda x, t: model.space.embeddings[:1].expand(x.shape[0], x.shape[1], -1) * t.view(-1, 1, 1)  # noqa: E731
+        row = model.space.embeddings[:1]
+        denoise = lambda x, t: row.expand(x.shape[0], x.shape[1], -1) * t.view(-1, 1, 1)  # noqa: E731
 
     def recorded(x, t):
         calls.append((x.clone(), t.clone()))

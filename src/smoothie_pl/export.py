@@ -167,7 +167,8 @@ def read_exported(directory: Path) -> SavedModel:
         raise CheckpointError(f"{config_path} does not describe a smoothie-pl model (no \"format\": \"{FORMAT}\")")
     if config.get("format_version", 0) > FORMAT_VERSION:
         raise CheckpointError(
-            f"{config_path} has format_version {config['format_version']}; this smoothie-pl reads up to {FORMAT_VERSION}"
+            f"{config_path} has format_version {config['format_version']}; "
+            f"this smoothie-pl reads up to {FORMAT_VERSION}"
         )
     roles = {role: directory / folder for role, folder in ROLE_FOLDERS.items() if (directory / folder).is_dir()}
     if "target" not in roles:

@@ -43,7 +43,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--model", required=True, help="an exported model folder or a .ckpt file")
     parser.add_argument("--input", required=True, help="sources, one per line (text or jsonl with 'src'); - is stdin")
     parser.add_argument("--output", required=True, help="where the generations go; - is stdout")
-    parser.add_argument("--format", choices=("text", "jsonl"), help="output format (default: jsonl for a .jsonl output, else text)")
+    parser.add_argument(
+        "--format", choices=("text", "jsonl"), help="output format (default: jsonl for a .jsonl output, else text)"
+    )
     parser.add_argument("--steps", type=positive_int, help="sampling steps (default: the model's sampling_steps)")
     parser.add_argument("--seed", type=int, help="seed of the diffusion noise (default: the model's seed)")
     parser.add_argument("--batch_size", type=positive_int, default=64, help="sources per batch")
@@ -52,7 +54,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--overwrite", action="store_true", help="replace an existing output or trajectory file")
     parser.add_argument(
         "--show-steps", "--show_steps", dest="show_steps", type=positive_int, nargs="?", const=SHOWN_STEPS_DEFAULT,
-        default=0, metavar="N", help=f"draw the text at every step for the first N sources (default N: {SHOWN_STEPS_DEFAULT})",
+        default=0, metavar="N",
+        help=f"draw the text at every step for the first N sources (default N: {SHOWN_STEPS_DEFAULT})",
     )
     parser.add_argument("--trajectory", help="write every source's text at every step to this jsonl file")
     return parser

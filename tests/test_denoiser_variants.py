@@ -110,6 +110,6 @@ def test_generating_under_inference_mode_does_not_break_later_training_with_rope
     module.train()
     x_t, t = torch.randn(2, 6, module.embedding_matrix.shape[1]), torch.full((2,), 0.5)
     ids, mask = encode(module, ["the cat sat on the mat", "love thy neighbour"], pad_to=10)
-    output = module.denoiser(x_t, t, module.encode_source(ids, mask), mask)
+    output = module.denoiser(x_t, t, module.pipeline.encode_source(ids, mask), mask)
     output.square().mean().backward()
     assert all(p.grad is not None for p in module.denoiser.blocks.parameters())

@@ -1,4 +1,8 @@
-"""``smoothie fit|validate|test|predict --config ...``: LightningCLI with Smoothie's links and defaults."""
+"""``smoothie fit|validate|test|predict --config ...``: LightningCLI with Smoothie's links and defaults.
+
+``smoothie generate`` and ``smoothie export`` work on a trained model without a
+config; they have their own modules (``generate_command``, ``export_command``).
+"""
 
 from __future__ import annotations
 
@@ -228,6 +232,13 @@ def yaml_syntax_error(args: list[str]) -> str | None:
     return None
 
 
+def model_commands() -> dict:
+    """Subcommands that take a trained model instead of a config, by name."""
+    from smoothie_pl import export_command, generate_command
+
+    return {"export": export_command.main, "generate": generate_command.main}
+
+
 def run(args: list[str] | None = None) -> int:
     """Run the CLI and return its exit status.
 
@@ -242,6 +253,9 @@ def run(args: list[str] | None = None) -> int:
         print(f"smoothie: error: {problem}", file=sys.stderr)
         return 2
     try:
+        commands = model_commands()
+        if args and args[0] in commands:
+            return commands[args[0]](args[1:])
         build_cli(args)
     except SystemExit as exit:  # --help, and errors Lightning reports by exiting
         if exit.code is None or isinstance(exit.code, int):

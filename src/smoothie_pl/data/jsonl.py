@@ -1,4 +1,8 @@
-"""Users' own data: one ``{"src": ..., "trg": ...}`` JSON object per line, one file per split."""
+"""Users' own data: one ``{"src": ..., "trg": ...}`` JSON object per line, one file per split.
+
+The file ``predict`` reads may hold sources only: jsonl without ``trg``, or
+plain text with one source per line (``data.inference``).
+"""
 
 from __future__ import annotations
 
@@ -8,6 +12,7 @@ from pathlib import Path
 from lightning.pytorch.utilities import rank_zero_warn
 
 from smoothie_pl.data.base import Pair, Seq2SeqDataModule
+from smoothie_pl.data.inference import is_jsonl, read_sources_file
 from smoothie_pl.errors import DataError, DataFileNotFoundError
 
 SHOWN_BAD_LINES = 5
@@ -23,8 +28,11 @@ def without_duplicate_keys(items: list[tuple[str, object]]) -> dict:
     return record
 
 
-def parse_pair(raw: bytes, source_field: str, target_field: str) -> Pair | None:
-    """The pair on one raw line (``None`` for a blank line); ``DataError`` says what is wrong with it."""
+def parse_pair(raw: bytes, source_field: str, target_field: str, target_required: bool = True) -> Pair | None:
+    """The pair on one raw line (``None`` for a blank line); ``DataError`` says what is wrong with it.
+
+    Without ``target_required`` a line may lack the target field (its pair's target is ``None``).
+    """
     try:
         line = raw.decode("utf-8")
     except UnicodeDecodeError as err:
@@ -39,6 +47,9 @@ def parse_pair(raw: bytes, source_field: str, target_field: str) -> Pair | None:
         raise DataError(f"expected a JSON object, got {type(record).__name__}")
     texts = []
     for field in (source_field, target_field):
+        if field == target_field and field not in record and not target_required:
+            texts.append(None)
+            continue
         if field not in record:
             raise DataError(f"missing field {field!r} (fields present: {sorted(record)})")
         if not isinstance(record[field], str) or not record[field].strip():
@@ -48,7 +59,11 @@ def parse_pair(raw: bytes, source_field: str, target_field: str) -> Pair | None:
 
 
 def read_jsonl_pairs(
-    path: str | Path, source_field: str = "src", target_field: str = "trg", skip_bad_lines: bool = False
+    path: str | Path,
+    source_field: str = "src",
+    target_field: str = "trg",
+    skip_bad_lines: bool = False,
+    target_required: bool = True,
 ) -> list[Pair]:
     """Read pairs, naming the file, line and field of anything malformed.
 
@@ -65,7 +80,7 @@ def read_jsonl_pairs(
     with path.open("rb") as lines:
         for number, raw in enumerate(lines, start=1):
             try:
-                pair = parse_pair(raw, source_field, target_field)
+                pair = parse_pair(raw, source_field, target_field, target_required)
             except DataError as err:
                 if not skip_bad_lines:
                     raise DataError(f"{path}:{number}: {err}") from None
@@ -86,10 +101,11 @@ def read_jsonl_pairs(
 
 
 class JsonlDataModule(Seq2SeqDataModule):
-    """Seq2seq pairs from jsonl files, one per split; ``predict`` reads the ``predict_split``'s file.
+    """Seq2seq pairs from jsonl files, one per split; ``predict`` reads the ``predict_split``'s.
 
     ``skip_bad_lines`` drops malformed lines (reported in one warning per file)
-    instead of stopping at the first one.
+    instead of stopping at the first one. The predict split's file may hold
+    sources only: jsonl lines without the target field, or plain text.
     """
 
     def __init__(
@@ -111,4 +127,14 @@ class JsonlDataModule(Seq2SeqDataModule):
     def read_split(self, split: str) -> list[Pair]:
         if self.files[split] is None:
             raise DataError(f"no file given for the {split} split: set data.init_args.{split}_file")
-        return read_jsonl_pairs(self.files[split], self.source_field, self.target_field, self.skip_bad_lines)
+        path = Path(self.files[split])
+        if split != self.predict_split:
+            return read_jsonl_pairs(path, self.source_field, self.target_field, self.skip_bad_lines)
+        if path.is_file() and not is_jsonl(first_line(path)):
+            return [Pair(source, None) for source in read_sources_file(path)]
+        return read_jsonl_pairs(path, self.source_field, self.target_field, self.skip_bad_lines, target_required=False)
+
+
+def first_line(path: Path) -> str:
+    with path.open(encoding="utf-8", errors="replace") as lines:
+        return next(lines, "")

@@ -31,7 +31,11 @@ Denoise = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 """``(model input [B, L, d], t [B]) -> predicted clean embeddings [B, L, d]``."""
 
 StepCallback = Callable[[int, torch.Tensor, torch.Tensor, torch.Tensor], None]
-"""``(k, t [B], model input x [B, L, d], prediction e0 [B, L, d]) -> None``, after every model evaluation."""
+"""``(k, t [B], model input x [B, L, d], prediction e0 [B, L, d]) -> None``, after every model evaluation.
+
+It sees the loop as it runs (to record or draw a sample forming); it must not
+change the tensors it is given.
+"""
 
 
 class TimeGrid:

@@ -134,11 +134,15 @@ class SelfConditioning(nn.Module):
 class PretrainedSourceEncoder(nn.Module):
     """The encoder of a Hugging Face model (e.g. the one ``E`` comes from), projected to the denoiser width."""
 
-    def __init__(self, name_or_path: str, width: int, freeze: bool = False) -> None:
+    def __init__(self, name_or_path, width: int, freeze: bool = False) -> None:
+        """``name_or_path``: a model name or folder, or a ``PretrainedConfig`` (its weights come from a checkpoint)."""
         super().__init__()
-        from transformers import AutoModel
+        from transformers import AutoModel, PretrainedConfig
 
-        self.encoder = AutoModel.from_pretrained(name_or_path)
+        if isinstance(name_or_path, PretrainedConfig):
+            self.encoder = AutoModel.from_config(name_or_path)
+        else:
+            self.encoder = AutoModel.from_pretrained(name_or_path)
         self.frozen = freeze
         self.encoder.requires_grad_(not freeze)
         self.output = nn.Linear(self.encoder.config.hidden_size, width)

@@ -4,7 +4,7 @@
 #   make demo TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu     (CPU only, small)
 #   make demo TORCH_INDEX_URL=https://download.pytorch.org/whl/cu128   (CUDA 12.8)
 # Empty: the package index's default build. On a machine where torch sees CUDA, `make demo`
-# trains with lightning_configs/demo_gpu.yaml; DEMO_CONFIG chooses another config.
+# adds lightning_configs/demo_gpu.yaml to demo.yaml; DEMO_CONFIG (e.g. "--config my.yaml") replaces that.
 
 VENV ?= .venv
 PYTHON ?= python3
@@ -36,10 +36,10 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 demo: venv
-	config=$${DEMO_CONFIG:-lightning_configs/$$($(PY) -c "import torch; print('demo_gpu' if torch.cuda.is_available() else 'demo')").yaml}; \
-	echo "demo config: $$config"; \
-	$(VENV)/bin/smoothie fit --config $$config --trainer.default_root_dir $(DEMO_DIR) && \
-	$(VENV)/bin/smoothie predict --config $$config --trainer.default_root_dir $(DEMO_DIR) \
+	configs="--config lightning_configs/demo.yaml $${DEMO_CONFIG:-$$($(PY) -c "import torch; print('--config lightning_configs/demo_gpu.yaml' if torch.cuda.is_available() else '')")}"; \
+	echo "demo configs: $$configs"; \
+	$(VENV)/bin/smoothie fit $$configs --trainer.default_root_dir $(DEMO_DIR) && \
+	$(VENV)/bin/smoothie predict $$configs --trainer.default_root_dir $(DEMO_DIR) \
 		--ckpt_path $(DEMO_DIR)/checkpoints/last.ckpt
 	$(PY) -m smoothie_pl.report $(DEMO_DIR)/predictions.jsonl
 	@echo "Loss curve, validation metrics, example tables and diagnostics: $(VENV)/bin/tensorboard --logdir $(DEMO_DIR)"

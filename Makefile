@@ -4,7 +4,7 @@
 #   make demo TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu     (CPU only, small)
 #   make demo TORCH_INDEX_URL=https://download.pytorch.org/whl/cu128   (CUDA 12.8)
 # Empty: the package index's default build. On a machine where torch sees CUDA, `make demo`
-# adds lightning_configs/demo_gpu.yaml to demo.yaml; DEMO_CONFIG (e.g. "--config my.yaml") replaces that.
+# adds lightning_configs/demo/gpu.yaml to demo.yaml; DEMO_CONFIG (e.g. "--config my.yaml") replaces that.
 
 VENV ?= .venv
 PYTHON ?= python3
@@ -36,7 +36,7 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 demo: venv
-	configs="--config lightning_configs/demo.yaml $${DEMO_CONFIG:-$$($(PY) -c "import torch; print('--config lightning_configs/demo_gpu.yaml' if torch.cuda.is_available() else '')")}"; \
+	configs="--config lightning_configs/demo.yaml $${DEMO_CONFIG:-$$($(PY) -c "import torch; print('--config lightning_configs/demo/gpu.yaml' if torch.cuda.is_available() else '')")}"; \
 	echo "demo configs: $$configs"; \
 	$(VENV)/bin/smoothie fit $$configs --trainer.default_root_dir $(DEMO_DIR) && \
 	$(VENV)/bin/smoothie predict $$configs --trainer.default_root_dir $(DEMO_DIR) \

@@ -311,7 +311,8 @@ class SmoothieModule(L.LightningModule):
     def setup(self, stage: str) -> None:
         """Choose the vocabulary dtype for the device the trainer runs on, and say which compute path runs."""
         device = self._compute_device()
-        self._build_space(self.vocabulary)
+        if vocab_compute_dtype(self.hparams.vocab_dtype, device) != self.space.compute_dtype:
+            self._build_space(self.vocabulary)  # "auto" on another device than the one the module was built on
         precision = str(self.trainer.precision)
         emulated = device.type == "cpu" and "bf16" in precision and not fast_bf16(device)
         matmuls = f"fp32 ({precision} asked, but this CPU has no bf16 units)" if emulated else precision

@@ -175,8 +175,9 @@ def test_two_halves_equal_one_update(models):
     once.update(SOURCES, PREDICTIONS)
     halves.update(SOURCES[:3], PREDICTIONS[:3])
     halves.update(SOURCES[3:], PREDICTIONS[3:])
+    # The halves pad to their own longest text: fp32 kernels then round differently (1.6e-8 seen on AVX2).
     for name, value in once.compute().items():
-        assert float(halves.compute()[name]) == pytest.approx(float(value), rel=1e-12)
+        assert float(halves.compute()[name]) == pytest.approx(float(value), rel=1e-6)
 
 
 def test_length_mismatch_is_an_error(models):
@@ -200,8 +201,8 @@ def test_detoxification_set_tracks_jscore(models):
     assert list(result) == ["jscore", "sta", "sim", "fl", "bleu", "sacrebleu"]
     alone = JScore(**models)
     alone.update(SOURCES, PREDICTIONS)
-    for name, value in alone.compute().items():
-        assert result[name] == pytest.approx(float(value), rel=1e-9)
+    for name, value in alone.compute().items():  # batches of 4 against one batch: fp32 rounding only
+        assert result[name] == pytest.approx(float(value), rel=1e-6)
 
 
 def test_smoothie_test_reports_jscore_from_metric_options(models, word_model, pairs_dir):

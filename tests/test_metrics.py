@@ -174,7 +174,8 @@ def test_rouge_equals_rouge_score():
 
 
 def test_rouge_2_and_l_hand_worked():
-    # prediction "the cat sat on the mat" (6 tokens); reference "two cats sat on a red mat" (7), "cats" stemmed to "cat".
+    # prediction "the cat sat on the mat" (6 tokens); reference "two cats sat on a red mat" (7),
+    # "cats" stemmed to "cat".
     # ROUGE-2: bigrams the-cat cat-sat sat-on on-the the-mat (5) vs two-cat cat-sat sat-on on-a a-red red-mat (6);
     #          2 shared -> P = 2/5, R = 2/6, F = 2PR / (P + R) = 4/11
     # ROUGE-L: longest common subsequence "cat sat on mat" (4) -> P = 4/6, R = 4/7, F = 8/13

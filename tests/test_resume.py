@@ -119,3 +119,34 @@ def test_the_newest_checkpoint_is_found_as_an_absolute_path_from_a_relative_run_
 def test_a_run_without_checkpoints_starts_fresh(tmp_path):
     trainer = SimpleNamespace(default_root_dir=str(tmp_path), checkpoint_callbacks=[ModelCheckpoint()])
     assert newest_checkpoint(trainer) is None
+
+
+@pytest.mark.slow
+def test_a_resumed_qqp_fit_with_two_workers_equals_an_uninterrupted_one(word_model, pairs_dir, tmp_path):
+    # QQP swaps source and target at random on every training draw; with two DataLoader workers the
+    # swaps, the shuffle and the position inside the epoch must all come back on resume.
+    from .test_tasks import save_raw
+
+    def qqp_config(root):
+        root.mkdir()
+        path = write_config(root / "qqp.yaml", word_model, pairs_dir, root)
+        config = yaml.safe_load(path.read_text())
+        config["data"] = {
+            "class_path": "smoothie_pl.data.QQPDataModule",
+            "init_args": {"data_dir": str(tmp_path / "prepared"), "dataset": raw, "batch_size": 2, "num_workers": 2},
+        }
+        path.write_text(yaml.safe_dump(config))
+        return path
+
+    raw = save_raw("qqp", tmp_path)
+    whole_root, cut_root = tmp_path / "whole", tmp_path / "cut"
+    fit(qqp_config(whole_root), STEPS + 1)
+    cut = qqp_config(cut_root)
+    fit(cut, 3)
+    saved = last_checkpoint(cut_root)
+    assert saved["loops"]["fit_loop"]["state_dict"]["combined_loader"], "the training loader's state is saved"
+    fit(cut, STEPS + 1)
+    whole, resumed = last_checkpoint(whole_root), last_checkpoint(cut_root)
+    assert resumed["global_step"] == whole["global_step"] == STEPS + 1
+    for name, tensor in whole["state_dict"].items():
+        assert torch.equal(tensor, resumed["state_dict"][name]), name

@@ -165,28 +165,34 @@ def test_documents_and_summaries_are_cut_to_the_lengths(tmp_path):
 
 
 # ------------------------------------------------------------- QQP swap
-def draws(dataset, n: int) -> list[bool]:
-    """Whether each of ``n`` draws of item 0 came out swapped."""
-    original = dataset.pairs[0]
-    return [dataset[0]["source"] != original.source for _ in range(n)]
+def draws(dataset, epochs: int) -> list[bool]:
+    """Whether each item of each of ``epochs`` epochs came out swapped."""
+    swapped = []
+    for epoch in range(epochs):
+        if hasattr(dataset, "set_epoch"):
+            dataset.set_epoch(epoch)
+        swapped += [dataset[i]["source"] != pair.source for i, pair in enumerate(dataset.pairs)]
+    return swapped
 
 
 def test_qqp_training_pairs_are_swapped_half_the_time_reproducibly(tmp_path):
     data = build(QQPDataModule, tmp_path, dataset=save_raw("qqp", tmp_path))
     train = data.dataset("train")
-    swapped = draws(train, 400)
-    assert 0.4 < sum(swapped) / 400 < 0.6  # p = 0.5; 400 draws: std 0.025
-    item = next(item for item in (train[0] for _ in range(50)) if item["source"] != train.pairs[0].source)
+    swapped = draws(train, 25)
+    assert len(swapped) >= 300 and 0.4 < sum(swapped) / len(swapped) < 0.6  # p = 0.5; std < 0.03
+    train.set_epoch(0)
+    assert [train[i] for i in range(len(train))] == [train[i] for i in range(len(train))]  # a draw, not a stream
+    item = next(train[0] for epoch in range(50) if train.set_epoch(epoch) or train.swapped(0))
     pair = train.pairs[0]
     assert (item["source"], item["reference"]) == (pair.target, pair.source)
     assert item["target_ids"] == data.tokenizer(pair.source, add_special_tokens=False)["input_ids"]
     assert item["source_ids"] == data.tokenizer(pair.target)["input_ids"]
     again = build(QQPDataModule, tmp_path).dataset("train")  # the prepared files, same seed
-    assert draws(again, 400) == swapped
+    assert draws(again, 25) == swapped
     other_seed = build(QQPDataModule, tmp_path, swap_seed=1).dataset("train")
-    assert draws(other_seed, 400) != swapped
-    assert not any(draws(data.dataset("validation"), 50))
-    assert not any(draws(build(QQPDataModule, tmp_path, swap_probability=0.0).dataset("train"), 50))
+    assert draws(other_seed, 25) != swapped
+    assert not any(draws(data.dataset("validation"), 2))
+    assert not any(draws(build(QQPDataModule, tmp_path, swap_probability=0.0).dataset("train"), 2))
 
 
 # -------------------------------------------------------- loading errors

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import math
 import os
-import warnings
 from collections.abc import Set
 from dataclasses import dataclass
 
@@ -21,7 +20,7 @@ from lightning.pytorch.utilities import rank_zero_warn
 from torch.utils.data import DataLoader, Dataset
 
 from smoothie_pl.data.batching import split_global_batch
-from smoothie_pl.data.samplers import BatchShardSampler, ResumableShuffleSampler
+from smoothie_pl.data.samplers import BatchShardSampler, ResumableLoader, ResumableShuffleSampler
 from smoothie_pl.embeddings import load_tokenizer
 from smoothie_pl.errors import DataError
 
@@ -227,33 +226,14 @@ class Seq2SeqDataModule(L.LightningDataModule):
         dataset = self.dataset(split)
         ranks = {"num_replicas": self.trainer.world_size, "rank": self.trainer.global_rank} if self.trainer else {}
         batch_size = self.device_batch_size if shuffle else self.eval_batch_size
+        collate = PairCollator(self.tokenizer.pad_token_id, self.target_length, self.source_tokenizer.pad_token_id)
         if shuffle:
             sampler = ResumableShuffleSampler(dataset, seed=int(os.environ.get("PL_GLOBAL_SEED", 0)), **ranks)
-            sampler.resume_at(self._trained_samples_this_epoch())
-        else:
-            sampler = BatchShardSampler(dataset, batch_size, skip=skip, **ranks)
+            return ResumableLoader(dataset, sampler, batch_size, num_workers=self.num_workers, collate_fn=collate)
+        sampler = BatchShardSampler(dataset, batch_size, skip=skip, **ranks)
         return DataLoader(
-            dataset,
-            batch_size=batch_size,
-            sampler=sampler,
-            drop_last=shuffle,
-            num_workers=self.num_workers,
-            collate_fn=PairCollator(
-                self.tokenizer.pad_token_id, self.target_length, self.source_tokenizer.pad_token_id
-            ),
+            dataset, batch_size=batch_size, sampler=sampler, num_workers=self.num_workers, collate_fn=collate
         )
-
-    def _trained_samples_this_epoch(self) -> int:
-        """Samples this rank trained on in the current epoch before the checkpoint a run resumes from."""
-        if self.trainer is None or not self.trainer.fit_loop.restarting:
-            return 0
-        # Lightning warns that a mid-epoch resume repeats data unless the loader is stateful; this sampler skips it.
-        warnings.filterwarnings("ignore", message="You're resuming from a checkpoint that ended before the epoch ended")
-        batches = self.trainer.fit_loop.epoch_loop.batch_progress.current.processed
-        per_epoch = len(self.dataset("train")) // (self.device_batch_size * self.trainer.world_size)
-        if batches >= per_epoch:  # the checkpoint ended an epoch: the next one starts afresh
-            return 0
-        return batches * self.device_batch_size
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", shuffle=True)

@@ -1,6 +1,6 @@
-"""Samplers that make multi-process runs and resumed runs see the data a single uninterrupted run sees.
+"""Samplers and the training loader: multi-process and resumed runs see the data one uninterrupted run sees.
 
-Both subclass ``DistributedSampler`` so that Lightning keeps them instead of
+Both samplers subclass ``DistributedSampler`` so that Lightning keeps them instead of
 putting its own (padding, repeating) sampler in their place under DDP.
 """
 
@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Set
 
-from torch.utils.data import Dataset, DistributedSampler
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 
 class BatchShardSampler(DistributedSampler):
@@ -41,19 +41,53 @@ class ResumableShuffleSampler(DistributedSampler):
     """Training order: a permutation drawn from ``(seed, epoch)``, sharded over ranks, resumable mid-epoch.
 
     The permutation does not depend on the global random state, so a resumed
-    run shuffles its epochs as the uninterrupted run did; ``resume_at(n)``
-    makes the next epoch start after the ``n`` samples this rank had already
-    trained on.
+    run shuffles its epochs as the uninterrupted run did; ``resume_at(epoch, n)``
+    makes that epoch start after the ``n`` samples this rank had already
+    trained on (any other epoch starts at its beginning).
     """
 
     def __init__(self, dataset: Dataset, num_replicas: int = 1, rank: int = 0, seed: int = 0) -> None:
         super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=True, seed=seed, drop_last=True)
-        self._start = 0
+        self._resume = (0, 0)
 
-    def resume_at(self, samples: int) -> None:
-        self._start = samples
+    def resume_at(self, epoch: int, samples: int) -> None:
+        self._resume = (epoch, samples)
+
+    @property
+    def start(self) -> int:
+        """Samples of the current epoch skipped because a resumed run had trained on them."""
+        epoch, samples = self._resume
+        return samples if epoch == self.epoch else 0
 
     def __iter__(self) -> Iterator[int]:
-        indices = list(super().__iter__())[self._start :]
-        self._start = 0
-        return iter(indices)
+        return iter(list(super().__iter__())[self.start :])
+
+
+class ResumableLoader(DataLoader):
+    """Training batches whose position inside the epoch a checkpoint saves and a resumed run restores.
+
+    Lightning saves ``state_dict()`` of a stateful training loader with every
+    checkpoint and passes it to ``load_state_dict`` before iterating on resume.
+    The state is the epoch and how many of its samples were yielded: Lightning
+    does not prefetch from a loader with a length, so that is what training
+    took, with any number of workers. A dataset that draws per epoch (QQP's
+    swaps) is told the epoch before the workers copy it.
+    """
+
+    def __init__(self, dataset: Dataset, sampler: ResumableShuffleSampler, batch_size: int, **kwargs) -> None:
+        super().__init__(dataset, batch_size=batch_size, sampler=sampler, drop_last=True, **kwargs)
+        self._yielded = 0
+
+    def __iter__(self) -> Iterator:
+        if hasattr(self.dataset, "set_epoch"):
+            self.dataset.set_epoch(self.sampler.epoch)
+        self._yielded = self.sampler.start
+        for batch in super().__iter__():
+            self._yielded += self.batch_size
+            yield batch
+
+    def state_dict(self) -> dict[str, int]:
+        return {"epoch": self.sampler.epoch, "samples": self._yielded}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self.sampler.resume_at(state["epoch"], state["samples"])

@@ -13,7 +13,6 @@ import random
 from pathlib import Path
 from typing import ClassVar
 
-import torch.utils.data
 
 from smoothie_pl.data.base import SPLITS, Pair, Seq2SeqDataModule, TokenizedPairs
 from smoothie_pl.data.jsonl import read_jsonl_pairs
@@ -116,8 +115,10 @@ def official_splits(raw, source_field: str, target_field: str) -> dict[str, list
 class SwappedPairs(TokenizedPairs):
     """Each draw swaps source and target with probability ``probability`` (QQP: paraphrase is symmetric).
 
-    The draws come from ``random.Random`` seeded with ``seed`` and the
-    DataLoader worker id, so a run is reproducible for a fixed seed.
+    Whether a draw is swapped depends only on ``(seed, epoch, index)``: every
+    index is drawn once an epoch, so the swaps are the same for any number of
+    DataLoader workers or ranks, and a resumed run (whose training loader
+    restores the epoch and its position in it) swaps as the uninterrupted run did.
     """
 
     def __init__(self, pairs: list[Pair], *args, probability: float, seed: int) -> None:
@@ -125,15 +126,17 @@ class SwappedPairs(TokenizedPairs):
         self.reversed = TokenizedPairs([Pair(pair.target, pair.source) for pair in pairs], *args)
         self.probability = probability
         self.seed = seed
-        self._random: random.Random | None = None
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def swapped(self, index: int) -> bool:
+        draw = random.Random((self.seed * 1_000_003 + self.epoch) * 1_000_003 + index).random()
+        return draw < self.probability
 
     def __getitem__(self, index: int) -> dict:
-        if self._random is None:
-            worker = torch.utils.data.get_worker_info()
-            self._random = random.Random(self.seed * 1_000_003 + (worker.id if worker else 0))
-        if self._random.random() < self.probability:
-            return self.reversed[index]
-        return super().__getitem__(index)
+        return self.reversed[index] if self.swapped(index) else super().__getitem__(index)
 
 
 class QQPDataModule(TaskDataModule):
@@ -141,8 +144,8 @@ class QQPDataModule(TaskDataModule):
 
     Positive pairs (``label == 1``) of the train and validation splits pooled,
     shuffled with ``split_seed`` and cut 80/10/10; training pairs are swapped
-    with probability ``swap_probability`` at every draw (seeded by ``swap_seed``
-    and the rank).
+    with probability ``swap_probability`` at every draw (a function of
+    ``swap_seed``, the epoch and the pair: ``SwappedPairs``).
     """
 
     lengths = (50, 50)
@@ -175,9 +178,8 @@ class QQPDataModule(TaskDataModule):
     def tokenize(self, split: str, pairs: list[Pair]) -> TokenizedPairs:
         if split != "train" or self.swap_probability == 0.0:
             return super().tokenize(split, pairs)
-        rank = self.trainer.global_rank if self.trainer is not None else 0
         args = (self.tokenizer, self.target_length, self.source_length, self.source_tokenizer)
-        return SwappedPairs(pairs, *args, probability=self.swap_probability, seed=self.swap_seed * 1_009 + rank)
+        return SwappedPairs(pairs, *args, probability=self.swap_probability, seed=self.swap_seed)
 
 
 class XSumDataModule(TaskDataModule):

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from smoothie_pl.models import DenoiserConfig
+from smoothie_pl.models.denoiser import AlignedSource
 from smoothie_pl.models.layers import Block, PreNormBlock, SwiGLU
 from smoothie_pl.module import SmoothieModule
 
@@ -113,3 +114,28 @@ def test_generating_under_inference_mode_does_not_break_later_training_with_rope
     output = module.denoiser(x_t, t, module.pipeline.encode_source(ids, mask), mask)
     output.square().mean().backward()
     assert all(p.grad is not None for p in module.denoiser.blocks.parameters())
+
+
+def test_aligned_source_adds_the_encoded_source_at_the_same_position():
+    aligned = AlignedSource(width=3)
+    with torch.no_grad():
+        aligned.projection.weight.copy_(torch.eye(3))
+    source = torch.arange(12.0).reshape(1, 4, 3)
+    mask = torch.tensor([[True, True, False, False]])
+    # Target of 6 positions: source rows 0 and 1, then zeros (padding and past the source's end).
+    expected = torch.tensor([[[0.0, 1, 2], [3, 4, 5], [0, 0, 0], [0, 0, 0], [0, 0, 0], [0, 0, 0]]])
+    torch.testing.assert_close(aligned(source, mask, length=6), expected)
+    torch.testing.assert_close(aligned(source, None, length=2), source[:, :2])  # a longer source is cut
+
+
+def test_aligned_source_starts_as_the_plain_denoiser_and_learns_from_the_source(word_model):
+    plain, aligned = variant_module(word_model), variant_module(word_model, aligned_source=True)
+    ids, mask = encode(aligned, ["the cat sat on the mat"], pad_to=10)
+    torch.testing.assert_close(predict(aligned, ids, mask), predict(plain, ids, mask))
+    aligned.train()
+    source = aligned.pipeline.encode_source(ids, mask)
+    x_t = torch.randn(1, 6, aligned.embedding_matrix.shape[1])
+    aligned.denoiser(x_t, torch.full((1,), 0.3), source, mask).square().sum().backward()
+    assert aligned.denoiser.aligned_source.projection.weight.grad.abs().sum() > 0
+    with pytest.raises(ValueError, match="aligned_source needs a source"):
+        DenoiserConfig(aligned_source=True, source_encoder="none")

@@ -31,7 +31,12 @@ class DenoiserConfig:
     at the target positions). ``self_conditioning`` feeds a previous prediction
     of ``e0`` back (METHOD section 4): a transformer of ``self_conditioning_depth``
     blocks encodes it, and every denoiser block adds its own projection of the
-    encoding to its input (``SelfConditioning``).
+    encoding to its input (``SelfConditioning``). ``aligned_source`` adds the
+    encoded source token at each target position to the denoiser's input (a
+    zero-initialised projection, ``AlignedSource``): a prior that the target
+    keeps the source's word order, which near-copy tasks (modernisation,
+    paraphrase, simplification) otherwise learn only after many steps;
+    cross-attention still reads the whole source.
     """
 
     width: int = 768
@@ -47,6 +52,7 @@ class DenoiserConfig:
     self_conditioning_depth: int = 2
     block: str = "postln"
     conditioning: str = "cross_attention"
+    aligned_source: bool = False
 
     def __post_init__(self) -> None:
         for name in ("width", "depth", "heads", "self_conditioning_depth"):
@@ -66,6 +72,8 @@ class DenoiserConfig:
             raise ValueError(
                 f"denoiser.conditioning must be one of {list(CONDITIONING_MODES)}, got {self.conditioning!r}"
             )
+        if self.aligned_source and self.source_encoder == "none":
+            raise ValueError("denoiser.aligned_source needs a source: source_encoder is 'none'")
 
     def make_block(self, cross_attention: bool):
         return make_block(
@@ -131,6 +139,29 @@ class SelfConditioning(nn.Module):
         return sum(parameter.sum() for parameter in self.parameters()) * 0.0
 
 
+class AlignedSource(nn.Module):
+    """The encoded source at target position ``i`` (zero past the source's end), projected into the stream.
+
+    The projection starts at zero (and draws no random numbers), so switching
+    it on starts from the same function and the same initial weights as
+    leaving it off; its gradient is not zero, because the encoded source is
+    informative about the target at the same position.
+    """
+
+    def __init__(self, width: int) -> None:
+        super().__init__()
+        self.projection = nn.Linear(width, width, device="meta")
+        self.projection.weight = nn.Parameter(torch.zeros(width, width))
+        self.projection.bias = nn.Parameter(torch.zeros(width))
+
+    def forward(self, source: torch.Tensor, source_mask: torch.Tensor | None, length: int) -> torch.Tensor:
+        """``source [B, Ls, width]``, key mask ``[B, Ls]`` -> ``[B, length, width]``."""
+        if source_mask is not None:
+            source = source * source_mask[..., None].to(source.dtype)
+        source = F.pad(source[:, :length], (0, 0, 0, max(0, length - source.shape[1])))
+        return self.projection(source)
+
+
 class PretrainedSourceEncoder(nn.Module):
     """The encoder of a Hugging Face model (e.g. the one ``E`` comes from), projected to the denoiser width."""
 
@@ -187,10 +218,11 @@ class UShapedDenoiser(nn.Module):
         self.blocks = nn.ModuleList(config.make_block(cross_attention) for _ in range(config.depth))
         self.final_norm = final_norm(config.block, width)
         self.output = nn.Linear(width, embedding_dim)
-        # Built last: switching it on leaves the initialisation of the rest of the denoiser (for a seed) unchanged.
+        # Built last: switching these on leaves the initialisation of the rest of the denoiser (for a seed) unchanged.
         self.self_conditioning = None
         if config.self_conditioning:
             self.self_conditioning = SelfConditioning(embedding_dim, config, max_length)
+        self.aligned_source = AlignedSource(width) if config.aligned_source else None
 
     @property
     def conditional(self) -> bool:
@@ -213,6 +245,8 @@ class UShapedDenoiser(nn.Module):
             raise ValueError("this denoiser conditions on a source, but no source encoding was given")
         length = x_t.shape[1]
         h = self.input(x_t) + self.positions(torch.arange(length, device=x_t.device))
+        if self.aligned_source is not None:
+            h = h + self.aligned_source(source, source_mask, length)
         padding_mask = None
         if self.concat:
             h, padding_mask = self._join_source(h, source, source_mask)

@@ -10,6 +10,7 @@ from smoothie_pl.models import DenoiserConfig
 from smoothie_pl.models.denoiser import AlignedSource
 from smoothie_pl.models.layers import Block, PreNormBlock, SwiGLU
 from smoothie_pl.module import SmoothieModule
+from smoothie_pl.text import leading_special_tokens
 
 COMBINATIONS = list(itertools.product(("postln", "prenorm"), ("cross_attention", "concat"), ("scratch", "pretrained")))
 
@@ -126,6 +127,17 @@ def test_aligned_source_adds_the_encoded_source_at_the_same_position():
     expected = torch.tensor([[[0.0, 1, 2], [3, 4, 5], [0, 0, 0], [0, 0, 0], [0, 0, 0], [0, 0, 0]]])
     torch.testing.assert_close(aligned(source, mask, length=6), expected)
     torch.testing.assert_close(aligned(source, None, length=2), source[:, :2])  # a longer source is cut
+    skipping = AlignedSource(width=3, offset=1)  # past a leading [CLS]
+    with torch.no_grad():
+        skipping.projection.weight.copy_(torch.eye(3))
+    torch.testing.assert_close(skipping(source, None, length=2), source[:, 1:3])
+    torch.testing.assert_close(skipping(source, mask, length=4), torch.stack([source[0, 1], *torch.zeros(3, 3)])[None])
+
+
+def test_aligned_source_skips_berts_cls(word_model):
+    module = variant_module(word_model, aligned_source=True)
+    assert leading_special_tokens(module.source_tokenizer) == 1  # [CLS] text [SEP]
+    assert module.denoiser.aligned_source.offset == 1
 
 
 def test_aligned_source_starts_as_the_plain_denoiser_and_learns_from_the_source(word_model):

@@ -37,6 +37,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--eval-size", type=int, default=100, help="first N validation pairs")
     parser.add_argument("--seed", type=int, default=0, help="sampling seed, the same for every space")
     parser.add_argument("--out", type=Path, default=Path("runs/ablation_spaces"))
+    parser.add_argument("--save-checkpoint", action="store_true", help="keep each space's model as OUT/SPACE/last.ckpt")
     args, overrides = parser.parse_known_args(argv)
     args.overrides = overrides  # any other ``--key=value`` goes to every run's CLI, e.g. --model.lr=5e-4
     return args
@@ -58,6 +59,8 @@ def train(space: str, args: argparse.Namespace):
     start = time.perf_counter()
     cli.trainer.fit(cli.model, datamodule=cli.datamodule)
     seconds = time.perf_counter() - start
+    if args.save_checkpoint:
+        cli.trainer.save_checkpoint(args.out / space / "last.ckpt")
     return cli.model, cli.datamodule, seconds, float(cli.trainer.callback_metrics["train/loss"])
 
 

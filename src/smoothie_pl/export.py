@@ -205,10 +205,11 @@ def build_module(cls, saved: SavedModel, **overrides: Any):
         config = dict(saved.encoder_config)
         encoder_name = options.get("source_embedding") or options.get("embedding")
         encoder_configs[encoder_name] = AutoConfig.for_model(config.pop("model_type"), **config)
-    with saved_parts(SavedParts(matrices, encoder_configs)):
-        module = cls(**options, vocabulary=state["vocabulary"].tolist())
     names = tokenizer_roles(options)
-    module.saved_tokenizers = {names[role]: tokenizer for role, tokenizer in saved.tokenizers.items() if role in names}
+    tokenizers = {names[role]: tokenizer for role, tokenizer in saved.tokenizers.items() if role in names}
+    with saved_parts(SavedParts(matrices, encoder_configs, tokenizers)):
+        module = cls(**options, vocabulary=state["vocabulary"].tolist())
+    module.saved_tokenizers = tokenizers
     saved_values = {key: saved.hyper_parameters.get(key) for key in overrides}
     check_weights_fit(state, module.state_dict(), saved_values, overrides, "being loaded")
     module.load_state_dict(state)

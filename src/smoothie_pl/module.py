@@ -16,6 +16,7 @@ from smoothie_pl.compilation import compile_in_place
 from smoothie_pl.diffusion import SPACES, Schedule, StepCallback, build_sampler, build_schedule
 from smoothie_pl.diffusion.embedding_losses import embedding_losses, position_mean, prediction_decoding_loss
 from smoothie_pl.embeddings import PACKAGED_MODEL, load_embedding_matrix, load_tokenizer, pretrained_encoder_origin
+from smoothie_pl.text import leading_special_tokens
 from smoothie_pl.errors import CheckpointMismatchError
 from smoothie_pl.export import add_loading_parts
 from smoothie_pl.fingerprint import (
@@ -137,7 +138,10 @@ class SmoothieModule(L.LightningModule):
             source_matrix = load_embedding_matrix(source_embedding, per_feature_standardisation)
             self.register_buffer("source_embedding_matrix", source_matrix)
         dim = embedding_matrix.shape[1]
-        self.denoiser = UShapedDenoiser(dim, denoiser, target_length)
+        # Tokenizers by model name, filled when a saved model is loaded (``smoothie_pl.export``), else loaded by name.
+        self.saved_tokenizers: dict[str | None, Any] = {}
+        leading = leading_special_tokens(self.source_tokenizer) if denoiser.aligned_source else 0
+        self.denoiser = UShapedDenoiser(dim, denoiser, target_length, leading)
         self.denoiser_compiled = compile_denoiser and compile_in_place(self.denoiser)
         source_dim = self.source_embedding_matrix.shape[1] if hasattr(self, "source_embedding_matrix") else dim
         pretrained = pretrained_encoder_origin(source_embedding or embedding) if denoiser.source_encoder == "pretrained" else None
@@ -147,8 +151,6 @@ class SmoothieModule(L.LightningModule):
         # Copying the source is the baseline a seq2seq model must beat; an unconditional one has none.
         self.test_copy_sacrebleu = SacreBLEU() if denoiser.source_encoder != "none" else None
         self.val_loss = MeanMetric()  # mean over every validation pair of every rank
-        # Tokenizers by model name, filled when a saved model is loaded (``smoothie_pl.export``), else loaded by name.
-        self.saved_tokenizers: dict[str | None, Any] = {}
 
     @classmethod
     def load_from_checkpoint(cls, checkpoint_path, *args, **kwargs) -> "SmoothieModule":

@@ -42,6 +42,12 @@ _JOINS = set("-/—")  # no space on either side: "Ben-hadad", "and/or", "sin—
 _CONTRACTIONS = {"s", "t", "ll", "re", "ve", "d", "m"}
 
 
+def leading_special_tokens(tokenizer) -> int:
+    """How many special tokens the tokenizer puts before a text's first token (1 for BERT's ``[CLS]``)."""
+    token = tokenizer("a", add_special_tokens=False)["input_ids"][0]
+    return tokenizer("a")["input_ids"].index(token)
+
+
 def join_words(words: list[str]) -> str:
     """Join pre-tokenised words as English is written: "Ben-hadad", "Yahweh's", "said, \"Go.\"".
 

@@ -140,7 +140,10 @@ class SelfConditioning(nn.Module):
 
 
 class AlignedSource(nn.Module):
-    """The encoded source at target position ``i`` (zero past the source's end), projected into the stream.
+    """The encoded source token ``i + offset`` at target position ``i`` (zero past its end), projected.
+
+    ``offset`` skips the source's leading special tokens (BERT's ``[CLS]``),
+    which targets do not have.
 
     The projection starts at zero (and draws no random numbers), so switching
     it on starts from the same function and the same initial weights as
@@ -148,8 +151,9 @@ class AlignedSource(nn.Module):
     informative about the target at the same position.
     """
 
-    def __init__(self, width: int) -> None:
+    def __init__(self, width: int, offset: int = 0) -> None:
         super().__init__()
+        self.offset = offset
         self.projection = nn.Linear(width, width, device="meta")
         self.projection.weight = nn.Parameter(torch.zeros(width, width))
         self.projection.bias = nn.Parameter(torch.zeros(width))
@@ -158,7 +162,8 @@ class AlignedSource(nn.Module):
         """``source [B, Ls, width]``, key mask ``[B, Ls]`` -> ``[B, length, width]``."""
         if source_mask is not None:
             source = source * source_mask[..., None].to(source.dtype)
-        source = F.pad(source[:, :length], (0, 0, 0, max(0, length - source.shape[1])))
+        source = source[:, self.offset : self.offset + length]
+        source = F.pad(source, (0, 0, 0, length - source.shape[1]))
         return self.projection(source)
 
 
@@ -204,7 +209,10 @@ class UShapedDenoiser(nn.Module):
     sources are padded.
     """
 
-    def __init__(self, embedding_dim: int, config: DenoiserConfig, max_length: int) -> None:
+    def __init__(
+        self, embedding_dim: int, config: DenoiserConfig, max_length: int, leading_source_tokens: int = 0
+    ) -> None:
+        """``leading_source_tokens``: special tokens the source tokenizer puts first (``aligned_source`` skips them)."""
         super().__init__()
         self.config = config
         width = config.width
@@ -222,7 +230,7 @@ class UShapedDenoiser(nn.Module):
         self.self_conditioning = None
         if config.self_conditioning:
             self.self_conditioning = SelfConditioning(embedding_dim, config, max_length)
-        self.aligned_source = AlignedSource(width) if config.aligned_source else None
+        self.aligned_source = AlignedSource(width, leading_source_tokens) if config.aligned_source else None
 
     @property
     def conditional(self) -> bool:

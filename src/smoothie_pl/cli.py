@@ -16,6 +16,7 @@ import torch
 import yaml
 
 from lightning.fabric.plugins import CheckpointIO
+from lightning.pytorch.accelerators import CPUAccelerator, CUDAAccelerator
 from lightning.pytorch.callbacks import ModelCheckpoint, ProgressBar, RichProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.utilities import rank_zero_info
@@ -25,6 +26,7 @@ from smoothie_pl.callbacks import JsonlPredictionWriter, NonFiniteGuard, Smoothi
 from smoothie_pl.checkpoint_io import newest_intact, read_checkpoint, remove_temporary_files
 from smoothie_pl.config_checks import config_errors
 from smoothie_pl.data import Seq2SeqDataModule
+from smoothie_pl.data.batching import split_global_batch
 from smoothie_pl.errors import CheckpointError, ConfigError, SmoothieError, UsageError
 from smoothie_pl.fingerprint import CHECKPOINT_KEY
 from smoothie_pl.module import SmoothieModule
@@ -106,14 +108,17 @@ class SmoothieCLI(LightningCLI):
             self.requested_generation_options = {key: self.config[key] for key in keys}
 
     def before_instantiate_classes(self) -> None:
-        """Restore the generation options asked for, then refuse impossible values before any data is read."""
+        """Restore the generation options asked for, refuse impossible values before any data is read, then
+        fill in what other options decide (precision, gradient accumulation)."""
         for key, value in self.requested_generation_options.items():
             self.config[key] = value
         subcommand = self.config.get("subcommand")
-        errors = config_errors(self.config[subcommand] if subcommand else self.config)
+        config = self.config[subcommand] if subcommand else self.config
+        errors = config_errors(config)
         if errors:
             raise ConfigError("impossible configuration values:\n  " + "\n  ".join(errors))
-        choose_precision(self.config[subcommand] if subcommand else self.config)
+        choose_precision(config)
+        derive_accumulation(config)
 
     def instantiate_trainer(self, **kwargs):
         """Use a Rich progress bar unless the config disables progress bars or brings its own, and
@@ -157,6 +162,36 @@ def choose_precision(config) -> None:
     device = {"auto": "cuda" if torch.cuda.is_available() else "cpu", "gpu": "cuda"}.get(accelerator, accelerator)
     config["trainer.precision"] = "bf16-mixed" if device in ("cpu", "cuda") and fast_bf16(device) else "32-true"
     rank_zero_info(f"precision {config['trainer.precision']}, chosen for this {device}")
+
+
+def planned_world_size(config) -> int | None:
+    """How many processes the configured trainer will run (``None`` for an accelerator this cannot tell)."""
+    accelerator = str(config.get("trainer.accelerator") or "auto")
+    if accelerator == "auto":
+        accelerator = "cuda" if CUDAAccelerator.is_available() else "cpu"
+    kind = {"cpu": CPUAccelerator, "cuda": CUDAAccelerator, "gpu": CUDAAccelerator}.get(accelerator)
+    if kind is None:
+        return None
+    devices = config.get("trainer.devices") or "auto"
+    devices = kind.auto_device_count() if devices == "auto" else devices
+    return len(kind.get_parallel_devices(kind.parse_devices(devices))) * int(config.get("trainer.num_nodes") or 1)
+
+
+def derive_accumulation(config) -> None:
+    """Set ``trainer.accumulate_grad_batches`` from ``data.init_args.global_batch_size`` (``batching.split_global_batch``).
+
+    The DataModule takes the per-device batch itself at ``fit`` and refuses a
+    trainer that accumulates another count (as when this cannot tell the world size).
+    """
+    global_batch = config.get("data.init_args.global_batch_size")
+    world_size = None if global_batch is None else planned_world_size(config)
+    if world_size is None:
+        return
+    try:
+        _, accumulation = split_global_batch(global_batch, world_size, config["data.init_args.batch_size"])
+    except ValueError as error:
+        raise ConfigError(str(error)) from error
+    config["trainer.accumulate_grad_batches"] = accumulation
 
 
 def run_checkpoints(trainer) -> list[Path]:

@@ -38,7 +38,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=0, help="sampling seed, the same for every space")
     parser.add_argument("--out", type=Path, default=Path("runs/ablation_spaces"))
     args, overrides = parser.parse_known_args(argv)
-    args.overrides = overrides  # any other ``--key=value`` goes to every run's CLI, e.g. --model.lr=5e-4
+    args.overrides = overrides  # any other ``--key=value`` goes to every run's CLI, e.g. --model.optim.lr=5e-4
     return args
 
 
@@ -71,7 +71,7 @@ def evaluate(model, sources: list[str], references: list[str], args: argparse.Na
     """SacreBLEU for every (noise scale, steps), keyed ``"scale/steps"``; the seed is the same for every space."""
     scores = {}
     for scale in args.noise_scales:
-        model.hparams.sampling_noise_scale = scale  # read by generate when steps are given
+        model.sampler.noise_scale = scale  # kept by generate when steps are given
         for steps in args.sampling_steps:
             metric = SacreBLEU()
             metric.update(model.generate(sources, steps=steps, seed=args.seed), references)

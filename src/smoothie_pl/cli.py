@@ -36,20 +36,7 @@ from smoothie_pl.precision import fast_bf16
 # Settings of sampling and evaluation: at test/predict time they come from the
 # current config and command line, while everything else (the architecture)
 # comes from the checkpoint given by --ckpt_path.
-GENERATION_OPTIONS = (
-    "sampler",
-    "sampling_steps",
-    "sampling_noise_scale",
-    "guidance_weight",
-    "clamp",
-    "metric_set",
-    "metric_options",
-    "mbr_candidates",
-    "mbr_utility",
-    "predict_candidates",
-    "recase",
-    "seed",
-)
+GENERATION_OPTIONS = ("sampling", "evaluation", "seed")
 # ``--ckpt_path`` values Lightning resolves itself.
 CHECKPOINT_ALIASES = ("best", "last", "hpc", "registry")
 # What a checkpoint needs to resume a run of this CLI from: other files in the run folder are skipped.
@@ -67,13 +54,19 @@ class SmoothieArgumentParser(LightningArgumentParser):
         parser = getattr(ex, "subcommand_parser", None) or self
         line = " ".join(message.split())
         unknown = re.findall(r"(--[\w.]+)", line) if line.lower().startswith("unrecognized arguments") else []
-        keys = [f"--{key}" for key in parser.get_defaults().keys()] if unknown else []
+        keys = option_keys(parser.get_defaults()) if unknown else []
         # Dotted keys share long prefixes, so only a near-identical key is suggested.
         suggestions = [f"{option}{closest(option, keys, 0.85)}" for option in unknown if closest(option, keys, 0.85)]
         if suggestions:
             line += "; " + "; ".join(suggestions)
         command = " ".join(["smoothie", *parser.prog.replace(" [options]", "").split()[1:]])  # not python's argv[0]
         raise UsageError(line, f"run `{command} --help` for the accepted options") from ex
+
+
+def option_keys(defaults) -> list[str]:
+    """Every ``--key`` of the parser's defaults, and a dataclass option's fields also without ``init_args``."""
+    keys = {f"--{key}" for key in defaults.keys()}
+    return sorted(keys | {key.replace(".init_args.", ".") for key in keys})
 
 
 class SmoothieCLI(LightningCLI):
@@ -178,7 +171,7 @@ def planned_world_size(config) -> int | None:
 
 
 def derive_accumulation(config) -> None:
-    """Set ``trainer.accumulate_grad_batches`` from ``data.init_args.global_batch_size`` (``batching.split_global_batch``).
+    """Set ``trainer.accumulate_grad_batches`` from ``data.init_args.global_batch_size`` (``split_global_batch``).
 
     The DataModule takes the per-device batch itself at ``fit`` and refuses a
     trainer that accumulates another count (as when this cannot tell the world size).

@@ -1,10 +1,10 @@
 """Start-up checks of a run's configuration, before any data is read or any model is built.
 
 One table says, for every numeric or named option whose wrong values the
-types cannot catch, what it allows; ``config_errors`` lists every violation
-with its key, its value and the allowed range; the option groups' fields
-(``options.SamplingConfig``, ...) bring the rules they check themselves. Options that are absent (another
-data module) or ``None`` are not checked. The schedule is a dict option whose
+types cannot catch, what it allows; the option groups (``options.SamplingConfig``,
+...) bring the rules their fields check themselves. ``config_errors`` lists
+every violation with its key, its value and the allowed range. Options that
+are absent (another data module) or ``None`` are not checked. The schedule is a dict option whose
 parameters depend on its name, so it is checked by building it: each schedule
 class states its own ranges.
 """

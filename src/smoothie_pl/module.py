@@ -11,8 +11,8 @@ from lightning.pytorch.utilities import rank_zero_info
 from torchmetrics import MeanMetric
 
 from smoothie_pl.arguments import check_generate_arguments, warn_long_sources
-from smoothie_pl.checkpoint_io import load_verified
 from smoothie_pl.callbacks.prediction_writer import prediction_records
+from smoothie_pl.checkpoint_io import load_verified
 from smoothie_pl.compatibility import check_checkpoint_fits, check_embedding_fits, checkpoint_name
 from smoothie_pl.compilation import compile_in_place
 from smoothie_pl.diffusion import SPACES, Schedule, StepCallback, build_schedule

@@ -132,9 +132,8 @@ def trained_run(tmp_path_factory, pairs_dir) -> Path:
         denoiser={"width": 32, "depth": 2, "heads": 2, "encoder_depth": 1, "dropout": 0.0},
         target_length=8,
         source_length=10,
-        sampling_steps=3,
-        warmup_steps=2,
-        lr=1e-2,
+        sampling={"steps": 3},
+        optim={"warmup_steps": 2, "lr": 1e-2},
         vocabulary=data.vocabulary(),
     )
     trainer = L.Trainer(

@@ -30,7 +30,7 @@ def test_ablation_runs_end_to_end_at_a_tiny_budget(tmp_path):
             "--noise-scales", "1.0",
             "--out", str(out),
             f"--data.init_args.data_dir={tmp_path / 'bible'}",
-            "--model.warmup_steps=1",
+            "--model.optim.warmup_steps=1",
             "--trainer.enable_progress_bar=false",
         ]
     )

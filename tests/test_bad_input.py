@@ -224,7 +224,7 @@ def test_impossible_config_values_fail_at_start_up_naming_key_and_range(monkeypa
     monkeypatch.setattr(JsonlDataModule, "read_split", built)
     monkeypatch.setattr("smoothie_pl.module.load_embedding_matrix", built)
     bad = {
-        "--model.sampling_steps": ("-3", "model.sampling_steps = -3: allowed >= 1"),
+        "--model.sampling.steps": ("-3", "model.sampling.steps = -3: allowed >= 1"),
         "--model.schedule.sigma_max": (
             "1.0",
             "model.schedule = {'sigma_max': '1.0'}: ArctanSchedule needs 0 < sigma_min < sigma_max, "
@@ -355,7 +355,7 @@ def test_skipping_nonfinite_batches_leaves_the_weights_of_that_step_alone(tmp_pa
 @pytest.mark.slow
 def test_console_script_reports_a_user_error_in_one_line_without_traceback(tmp_path):
     done = subprocess.run(
-        [str(SMOOTHIE), "fit", "--config", str(TINY), "--model.sampling_steps", "-1"],
+        [str(SMOOTHIE), "fit", "--config", str(TINY), "--model.sampling.steps", "-1"],
         cwd=tmp_path,
         capture_output=True,
         text=True,
@@ -364,7 +364,7 @@ def test_console_script_reports_a_user_error_in_one_line_without_traceback(tmp_p
     assert done.returncode == 1
     assert done.stderr.strip().splitlines()[-2:] == [
         "smoothie: error: impossible configuration values:",
-        "  model.sampling_steps = -1: allowed >= 1",
+        "  model.sampling.steps = -1: allowed >= 1",
     ]
     assert "Traceback" not in done.stderr
 

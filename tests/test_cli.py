@@ -39,7 +39,8 @@ def test_fit_test_predict_end_to_end(tmp_path):
         assert f"test/{metric}" in test.stdout
 
     predict = smoothie(
-        "predict", "--ckpt_path", str(checkpoint), "--model.mbr_candidates", "2", "--model.predict_candidates", "true",
+        "predict", "--ckpt_path", str(checkpoint),
+        "--model.sampling.mbr_candidates", "2", "--model.evaluation.predict_candidates", "true",
         cwd=tmp_path,
     )
     assert predict.returncode == 0, predict.stderr[-3000:]

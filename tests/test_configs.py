@@ -15,6 +15,7 @@ import pytest
 
 from smoothie_pl.cli import build_cli
 from smoothie_pl.data import TaskDataModule
+from smoothie_pl.options import OptimConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 FULL = sorted((ROOT / "lightning_configs").glob("*.yaml"))
@@ -91,15 +92,14 @@ def assert_papers_setup(config: Path, cli) -> None:
     assert isinstance(data, TaskDataModule)
     assert (model.hparams.target_length, model.hparams.source_length) == (target_length, source_length)
     assert (data.target_length, data.source_length) == (target_length, source_length) == data.lengths
-    assert model.hparams.metric_set == data.metric_set == metric_set
+    assert model.evaluation.metric_set == data.metric_set == metric_set
     # METHOD sections 6-7: the paper's model and training.
     assert "embedding: bert-base-cased" in config.read_text()  # replaced by MiniLM here (OFFLINE)
     denoiser = model.hparams.denoiser
     assert (denoiser["depth"], denoiser["width"], denoiser["heads"], denoiser["dropout"]) == (12, 768, 12, 0.1)
     assert denoiser["encoder_depth"] == 6
     assert denoiser["source_encoder"] == ("none" if task == "rocstories" else "scratch")
-    hp = model.hparams
-    assert (hp.lr, tuple(hp.betas), hp.eps, hp.weight_decay, hp.warmup_steps) == (2e-4, (0.9, 0.98), 1e-6, 0.01, 5000)
+    assert model.optim == OptimConfig()  # the paper's AdamW and warm-up are the defaults
     assert data.batch_size == 256
     assert trainer.max_steps == 500_000 and trainer.gradient_clip_val == 1.0
     assert trainer.val_check_interval == 25_000 and trainer.precision == "bf16-mixed"
@@ -129,12 +129,13 @@ def test_every_config_names_its_metric_variants_and_the_papers_bleu_tokenisation
     text = config.read_text()
     comments = re.sub(r"\n\s*#\s*", " ", text)  # a comment's lines joined
     model = yaml.safe_load(text)["model"]
-    names = METRIC_SETS[model.get("metric_set", "demo")]
+    evaluation = model.get("evaluation", {})
+    names = METRIC_SETS[evaluation.get("metric_set", "demo")]
     assert "# Metrics" in text and "docs/evaluation.md" in comments
     if "bleu" in names:
         assert "BLEU is corpus BLEU-4" in comments
         if config.stem in PAPER_TASKS:  # METHOD section 8: the reference code's multilingual-BERT WordPiece
-            assert model["metric_options"]["bleu_tokenizer"] == "bert-base-multilingual-cased"
+            assert evaluation["metric_options"]["bleu_tokenizer"] == "bert-base-multilingual-cased"
 
 
 def test_every_paper_task_has_a_config():

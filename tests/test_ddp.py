@@ -142,7 +142,7 @@ def trained_weights(world: int, batch_size: int, word_model: str, pairs_dir: Pat
 
     torch.manual_seed(0)
     module = PerExampleNoise(
-        embedding=word_model, denoiser=TINY, target_length=8, source_length=10, lr=1e-3, warmup_steps=0
+        embedding=word_model, denoiser=TINY, target_length=8, source_length=10, optim={"lr": 1e-3, "warmup_steps": 0}
     )
     trainer = L.Trainer(
         accelerator="cpu", devices=world, strategy="ddp_spawn" if world > 1 else "auto", max_steps=steps,

@@ -67,7 +67,7 @@ def test_from_pretrained_of_folder_and_checkpoint_matches_lightnings_loader(expo
 
 
 def test_from_pretrained_takes_generation_overrides(exported):
-    assert SmoothieModule.from_pretrained(exported, sampling_steps=7).sampler.steps == 7
+    assert SmoothieModule.from_pretrained(exported, sampling={"steps": 7}).sampler.steps == 7
 
 
 def test_export_refuses_a_folder_with_files_and_reading_a_non_model(trained_run, tmp_path):

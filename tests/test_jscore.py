@@ -209,7 +209,7 @@ def test_smoothie_test_reports_jscore_from_metric_options(models, word_model, pa
     """`metric_options: {jscore: ...}` reaches the test metrics, and the sources reach JScore."""
     import lightning as L
 
-    module = tiny_module(word_model, metric_set="detoxification", metric_options={"jscore": models})
+    module = tiny_module(word_model, evaluation={"metric_set": "detoxification", "metric_options": {"jscore": models}})
     trainer = L.Trainer(accelerator="cpu", limit_test_batches=1, logger=False, enable_progress_bar=False)
     (results,) = trainer.test(module, datamodule=pairs_data(pairs_dir, word_model, batch_size=4))
     assert module.test_metrics.tracked == "jscore"

@@ -413,7 +413,8 @@ def test_bertscore_layers_are_the_packages_for_every_model_a_config_names():
 
     named = set()
     for config in (Path(__file__).resolve().parents[1] / "lightning_configs").rglob("*.yaml"):
-        options = ((yaml.safe_load(config.read_text()) or {}).get("model") or {}).get("metric_options") or {}
+        model = (yaml.safe_load(config.read_text()) or {}).get("model") or {}
+        options = (model.get("evaluation") or {}).get("metric_options") or {}
         if "bertscore_model" in options:
             named.add(options["bertscore_model"])
     assert named and named <= set(BERT_SCORE_LAYERS)

@@ -15,7 +15,9 @@ TINY = DenoiserConfig(width=64, depth=2, heads=2, encoder_depth=1, dropout=0.0)
 
 
 def tiny_module(word_model, **kwargs) -> SmoothieModule:
-    options = dict(embedding=word_model, denoiser=TINY, target_length=8, source_length=10, sampling_steps=10)
+    """A tiny module; a ``sampling`` dict is laid over its 10 sampling steps."""
+    sampling = {"steps": 10, **kwargs.pop("sampling", {})}
+    options = dict(embedding=word_model, denoiser=TINY, target_length=8, source_length=10, sampling=sampling)
     return SmoothieModule(**{**options, **kwargs})
 
 
@@ -32,7 +34,7 @@ def test_ema_warmup_follows_the_paper():
 
 
 def test_warmup_then_constant_learning_rate(word_model):
-    module = tiny_module(word_model, lr=1e-3, warmup_steps=10, warmup_start_lr=1e-8)
+    module = tiny_module(word_model, optim={"lr": 1e-3, "warmup_steps": 10, "warmup_start_lr": 1e-8})
     scheduler = module.configure_optimizers()["lr_scheduler"]["scheduler"]
     rates = []
     for _ in range(15):
@@ -75,7 +77,7 @@ def test_tiny_model_overfits_eight_pairs_and_regenerates_them(word_model, pairs_
     L.seed_everything(0)
     data = pairs_data(pairs_dir, word_model, batch_size=8, restrict_vocabulary=True)
     module = tiny_module(
-        word_model, vocabulary=data.vocabulary(), lr=3e-3, warmup_steps=20, sampling_steps=20, space=space
+        word_model, vocabulary=data.vocabulary(), optim={"lr": 3e-3, "warmup_steps": 20}, sampling={"steps": 20}, space=space
     )
     trainer = L.Trainer(
         accelerator="cpu",
@@ -131,7 +133,7 @@ def test_self_conditioning_feeds_the_first_prediction_back(word_model, pairs_dir
 
 
 def test_mbr_candidates_are_seeded_per_candidate_and_the_choice_is_one_of_them(word_model):
-    module = tiny_module(word_model, mbr_candidates=3)
+    module = tiny_module(word_model, sampling={"mbr_candidates": 3})
     encoded = module.tokenizer([source for source, _ in PAIRS[:4]], padding=True, return_tensors="pt")
     ids, mask = encoded["input_ids"], encoded["attention_mask"].bool()
     chosen, candidates = module.pipeline.generate_candidates(ids, mask, seed=5, offset=0, steps=3)
@@ -142,14 +144,14 @@ def test_mbr_candidates_are_seeded_per_candidate_and_the_choice_is_one_of_them(w
 
 
 def test_impossible_module_values_are_refused(word_model):
-    with pytest.raises(ValueError, match="mbr_candidates"):
-        tiny_module(word_model, mbr_candidates=0)
+    with pytest.raises(ValueError, match=r"sampling.mbr_candidates = 0: allowed >= 1"):
+        tiny_module(word_model, sampling={"mbr_candidates": 0})
     with pytest.raises(ValueError, match="vocab_dtype"):
         tiny_module(word_model, vocab_dtype="int8")
 
 
 def test_recase_option_applies_to_every_candidate(word_model, monkeypatch):
-    module = tiny_module(word_model, recase=True, mbr_candidates=2)
+    module = tiny_module(word_model, sampling={"recase": True, "mbr_candidates": 2})
     monkeypatch.setattr(SmoothiePipeline, "decode", lambda self, embeddings: ["and moses went up"] * embeddings.shape[0])
     outputs = module.generate(["Then Moses spake", "thou art Moses"], steps=2)
     assert outputs == ["And Moses went up", "And Moses went up"]
@@ -159,7 +161,7 @@ def test_recase_option_applies_to_every_candidate(word_model, monkeypatch):
 def test_every_space_trains_and_samples_with_its_own_schedule(word_model, pairs_dir, space, schedule_name):
     from smoothie_pl.diffusion import SPACES
 
-    module = tiny_module(word_model, space=space, sampling_steps=2)
+    module = tiny_module(word_model, space=space, sampling={"steps": 2})
     assert isinstance(module.space, SPACES[space]) and module.hparams.schedule["name"] == schedule_name
     data = pairs_data(pairs_dir, word_model, batch_size=8)
     data.setup("fit")
@@ -210,5 +212,5 @@ def test_simplex_token_head_adds_cross_entropy_and_is_refused_elsewhere(word_mod
 
 @pytest.mark.parametrize("sampler", ["ddim", "ddpm", "sde"])
 def test_full_state_samplers_generate(word_model, sampler):
-    module = tiny_module(word_model, sampler=sampler, sampling_steps=3)
+    module = tiny_module(word_model, sampling={"sampler": sampler, "steps": 3})
     assert len(module.generate([PAIRS[0][0], PAIRS[1][0]], seed=0)) == 2

@@ -85,7 +85,7 @@ def test_source_dropout_replaces_about_p_of_the_sources_by_the_null_source(word_
 
 
 def test_guidance_weight_zero_is_exactly_no_guidance(word_model):
-    guided = tiny_module(word_model, cfg_dropout=0.1, guidance_weight=0.0)
+    guided = tiny_module(word_model, cfg_dropout=0.1, sampling={"guidance_weight": 0.0})
     plain = tiny_module(word_model)
     missing, unexpected = plain.load_state_dict(guided.state_dict(), strict=False)
     assert not missing and unexpected == ["null_source.vector"]
@@ -95,7 +95,7 @@ def test_guidance_weight_zero_is_exactly_no_guidance(word_model):
 
 
 def test_guided_prediction_follows_the_formula(word_model):
-    module = tiny_module(word_model, cfg_dropout=0.1, guidance_weight=2.5).eval()
+    module = tiny_module(word_model, cfg_dropout=0.1, sampling={"guidance_weight": 2.5}).eval()
     with torch.no_grad():
         module.null_source.vector.normal_()
     ids, mask = tokenised_sources(module)
@@ -117,14 +117,14 @@ def test_guided_prediction_follows_the_formula(word_model):
 
 def test_guidance_without_source_dropout_is_refused(word_model):
     with pytest.raises(ValueError, match="cfg_dropout > 0"):
-        tiny_module(word_model, guidance_weight=1.0)
+        tiny_module(word_model, sampling={"guidance_weight": 1.0})
     with pytest.raises(ValueError, match="cfg_dropout must be in"):
         tiny_module(word_model, cfg_dropout=1.0)
 
 
 # ---------------------------------------------------------------------- clamping
 def test_clamping_re_noises_and_outputs_exact_vocabulary_rows(word_model, monkeypatch):
-    module = tiny_module(word_model, clamp=True)
+    module = tiny_module(word_model, sampling={"clamp": True})
     ids, mask = tokenised_sources(module)
     renoised, noised_input = [], module.space.noised_input
 
@@ -251,7 +251,7 @@ def test_a_run_whose_embeddings_moved_resumes_tests_predicts_and_loads(word_mode
             limit_val_batches=0, limit_test_batches=1, limit_predict_batches=1, default_root_dir=tmp_path,
         )
 
-    options = dict(train_embeddings=True, lr=5e-2, warmup_steps=0, sampling_steps=2)
+    options = dict(train_embeddings=True, optim={"lr": 5e-2, "warmup_steps": 0}, sampling={"steps": 2})
     module = tiny_module(word_model, **options)
     pretrained = module.embedding_matrix.detach().clone()
     first = trainer(4)
@@ -306,7 +306,9 @@ def test_all_options_train_save_load_and_sample_together(word_model, pairs_dir, 
 
     variant = {"self_conditioning": True, "block": "prenorm", "conditioning": "concat"}
     denoiser = DenoiserConfig(**{**TINY.__dict__, **variant})
-    options = dict(train_embeddings=True, masked_loss=True, cfg_dropout=0.2, guidance_weight=1.5, clamp=True)
+    options = dict(
+        train_embeddings=True, masked_loss=True, cfg_dropout=0.2, sampling={"guidance_weight": 1.5, "clamp": True}
+    )
     module = tiny_module(word_model, denoiser=denoiser, **options)
     before = module.embedding_matrix.detach().clone()
     trainer = L.Trainer(

@@ -44,7 +44,7 @@ def predict(word_model, pairs_dir, root, *callbacks, **writer_options):
         callbacks=[JsonlPredictionWriter(**writer_options), *callbacks],
     )
     torch.manual_seed(0)  # the same weights in every call
-    module = tiny_module(word_model, sampling_steps=2)
+    module = tiny_module(word_model, sampling={"steps": 2})
     trainer.predict(module, datamodule=pairs_data(pairs_dir, word_model, eval_batch_size=2), return_predictions=False)
 
 

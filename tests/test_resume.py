@@ -43,9 +43,8 @@ def write_config(path, word_model, pairs_dir, root, trainer=(), data=(), callbac
             "embedding": word_model,
             "target_length": 8,
             "source_length": 10,
-            "warmup_steps": 4,
-            "sampling_steps": 3,
-            "lr": 1e-2,
+            "optim": {"warmup_steps": 4, "lr": 1e-2},
+            "sampling": {"steps": 3},
             # The paper's dropout stays on: its masks must also be drawn again identically.
             "denoiser": {"width": 32, "depth": 2, "heads": 2, "encoder_depth": 1, "self_conditioning": True},
         },

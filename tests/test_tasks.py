@@ -277,10 +277,9 @@ def step_and_generate(data, **module_kwargs) -> tuple[SmoothieModule, list[str]]
         target_length=data.target_length,
         source_length=data.source_length,
         denoiser={**TINY_DENOISER, **module_kwargs.pop("denoiser", {})},
-        sampling_steps=2,
-        warmup_steps=0,
-        lr=1e-3,
-        metric_set=data.metric_set,
+        sampling={"steps": 2},
+        optim={"warmup_steps": 0, "lr": 1e-3},
+        evaluation={"metric_set": data.metric_set},
         **module_kwargs,
     )
     before = [p.detach().clone() for p in model.denoiser.parameters()]

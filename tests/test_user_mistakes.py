@@ -25,7 +25,10 @@ def error_lines(capsys) -> list[str]:
     "arguments, line",
     [
         (["--model.denoiser.widht", "32"], "  model.denoiser.widht: not an option of model.denoiser (did you mean 'width'?)"),
-        (["--model.guidance_weight", "2"], "  model.guidance_weight = 2.0: allowed 0 unless model.cfg_dropout > 0"),
+        (
+            ["--model.sampling.guidance_weight", "2"],
+            "  model.sampling.guidance_weight = 2.0: allowed 0 unless model.cfg_dropout > 0",
+        ),
         (["--model.token_head", "tied"], "  model.token_head = 'tied': allowed None unless model.space is 'simplex'"),
         (["--model.train_embeddings", "true", "--model.space", "gaussian"],
          "  model.train_embeddings = True: allowed False unless model.space is 'smoothie'"),
@@ -54,7 +57,7 @@ def test_an_abbreviated_key_is_refused_with_the_real_one_suggested(monkeypatch, 
     assert run(["fit", "--config", str(TINY), "--model.sampling_step", "3"]) == 2
     assert error_lines(capsys) == [
         "smoothie: error: unrecognized arguments: --model.sampling_step 3; "
-        "--model.sampling_step (did you mean '--model.sampling_steps'?)",
+        "--model.sampling_step (did you mean '--model.sampling.steps'?)",
         "hint: run `smoothie fit --help` for the accepted options",
     ]
 
@@ -118,7 +121,7 @@ def test_texts_that_are_mostly_unknown_tokens_are_warned(tmp_path, word_model):
 # ------------------------------------------------------------------ generate
 @pytest.fixture(scope="module")
 def module(word_model):
-    return tiny_module(word_model, sampling_steps=2)
+    return tiny_module(word_model, sampling={"steps": 2})
 
 
 @pytest.mark.parametrize(

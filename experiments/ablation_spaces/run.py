@@ -39,7 +39,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--out", type=Path, default=Path("runs/ablation_spaces"))
     parser.add_argument("--save-checkpoint", action="store_true", help="keep each space's model as OUT/SPACE/last.ckpt")
     args, overrides = parser.parse_known_args(argv)
-    args.overrides = overrides  # any other ``--key=value`` goes to every run's CLI, e.g. --model.lr=5e-4
+    args.overrides = overrides  # any other ``--key=value`` goes to every run's CLI, e.g. --model.optim.lr=5e-4
     return args
 
 
@@ -74,7 +74,7 @@ def evaluate(model, sources: list[str], references: list[str], args: argparse.Na
     """SacreBLEU for every (noise scale, steps), keyed ``"scale/steps"``; the seed is the same for every space."""
     scores = {}
     for scale in args.noise_scales:
-        model.hparams.sampling_noise_scale = scale  # read by generate when steps are given
+        model.sampler.noise_scale = scale  # kept by generate when steps are given
         for steps in args.sampling_steps:
             metric = SacreBLEU()
             metric.update(model.generate(sources, steps=steps, seed=args.seed), references)

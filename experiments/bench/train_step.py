@@ -52,7 +52,7 @@ def build(case: dict):
     module = SmoothieModule(
         target_length=case["length"], source_length=case["length"], denoiser=DenoiserConfig(**case["denoiser"]),
         vocabulary=list(range(min(case["vocab"], 30522))), vocab_attention=case["impl"],
-        vocab_dtype=vocab_dtype(case), warmup_steps=0, lr=1e-3,
+        vocab_dtype=vocab_dtype(case), optim={"warmup_steps": 0, "lr": 1e-3},
         compile_denoiser=case.get("compile", False),
     )
     if case["vocab"] > module.embedding_matrix.shape[0]:  # a synthetic vocabulary larger than MiniLM's

@@ -110,7 +110,7 @@ def prepare_workspace(work: Path) -> None:
         json.dumps(
             {
                 "trainer": {"max_steps": 2, "enable_progress_bar": False, "logger": False},
-                "model": {"embedding": str(work / "embedding"), "sampling_steps": 2},
+                "model": {"embedding": str(work / "embedding"), "sampling": {"steps": 2}},
                 "data": {
                     "class_path": "smoothie_pl.data.JsonlDataModule",
                     "init_args": {
@@ -270,7 +270,7 @@ def cases(work: Path) -> list[Case]:
         ),
     ]
     impossible_values = [  # name, option, value, what the error line must name
-        ("negative sampling steps", "--model.sampling_steps", "-5", ["model.sampling_steps = -5", ">= 1"]),
+        ("negative sampling steps", "--model.sampling.steps", "-5", ["model.sampling.steps = -5", ">= 1"]),
         ("sigma_max below sigma_min", "--model.schedule.sigma_max", "1.0", ["model.schedule", "0 < sigma_min < sigma_max"]),
         ("zero target length", "--model.target_length", "0", ["model.target_length = 0", ">= 1"]),
         ("negative source length", "--model.source_length", "-1", ["model.source_length = -1"]),
@@ -280,8 +280,8 @@ def cases(work: Path) -> list[Case]:
         ("odd denoiser depth", "--model.denoiser.depth", "3", ["model.denoiser.depth = 3", "even"]),
         ("heads not dividing width", "--model.denoiser.heads", "5", ["model.denoiser.heads = 5"]),
         ("unknown vocab dtype", "--model.vocab_dtype", "float8", ["model.vocab_dtype", "bfloat16"]),
-        ("unknown metric set", "--model.metric_set", "poetry", ["model.metric_set", "paraphrase"]),
-        ("unknown sampler", "--model.sampler", "magic", ["model.sampler", "renoise"]),
+        ("unknown metric set", "--model.evaluation.metric_set", "poetry", ["model.evaluation.metric_set", "paraphrase"]),
+        ("unknown sampler", "--model.sampling.sampler", "magic", ["model.sampling.sampler", "renoise"]),
         ("negative max_steps", "--trainer.max_steps", "-5", ["trainer.max_steps = -5"]),
         ("EMA decay above 1", "--ema.decay", "1.5", ["ema.decay = 1.5"]),
         ("unknown predict split", "--data.init_args.predict_split", "dev", ["data.init_args.predict_split"]),
@@ -290,13 +290,17 @@ def cases(work: Path) -> list[Case]:
     config_cases = [
         Case("unknown model key", [*fit, "--model.not_a_key", "1"], 2, ["not_a_key"]),
         Case("unknown data key", [*fit, "--data.init_args.batchsize", "4"], 2, ["batchsize"]),
-        Case("text where a number belongs", [*fit, "--model.sampling_steps", "many"], 2, ["sampling_steps"]),
+        Case("text where a number belongs", [*fit, "--model.sampling.steps", "many"], 1, ["sampling.steps", "expected int"]),
         Case("config file does not exist", ["fit", "--config", str(work / "nope.yaml")], 2, ["nope.yaml"]),
         Case("malformed yaml", ["fit", "--config", str(work / "broken.yaml")], 2, ["broken.yaml:2:1", "invalid yaml"], broken_yaml),
         Case("misspelt nested key", [*fit, "--model.denoiser.widht", "8"], 1, ["model.denoiser.widht", "'width'"]),
-        Case("abbreviated key", [*fit, "--model.sampling_step", "3"], 2, ["did you mean '--model.sampling_steps'"]),
+        Case("abbreviated key", [*fit, "--model.sampling_step", "3"], 2, ["did you mean '--model.sampling.steps'"]),
+        Case("misspelt group key", [*fit, "--model.sampling.step", "3"], 1, ["model.sampling.step", "did you mean 'steps'"]),
         Case("misspelt subcommand", ["fitt", *base_args(work)], 2, ["invalid choice: 'fitt'"]),
-        Case("guidance without CFG dropout", [*fit, "--model.guidance_weight", "1"], 1, ["model.guidance_weight", "cfg_dropout"]),
+        Case(
+            "guidance without CFG dropout", [*fit, "--model.sampling.guidance_weight", "1"], 1,
+            ["model.sampling.guidance_weight", "cfg_dropout"],
+        ),
         Case("token head on the Smoothie space", [*fit, "--model.token_head", "linear"], 1, ["model.token_head", "simplex"]),
         Case(
             "global batch with accumulation",
@@ -356,7 +360,7 @@ def cases(work: Path) -> list[Case]:
         Case("checkpoint fits again with the embedding restored", [*predict, "--ckpt_path", ckpt], 0, [], restore_embedding),
         Case(
             "diverging run stops before saving NaN weights",
-            [*fit, "--model.lr", "1e30", "--model.warmup_steps", "0", "--trainer.max_steps", "6"],
+            [*fit, "--model.optim.lr", "1e30", "--model.optim.warmup_steps", "0", "--trainer.max_steps", "6"],
             1,
             ["non-finite", "at step", "batch index", "Last good checkpoint"],
         ),

@@ -1,14 +1,15 @@
 """Checks of what the Python API is given, so that a wrong argument is named instead of failing deep inside.
 
 ``options_of`` builds a config dataclass from a dict and names a misspelt key
-with the closest real one; ``check_generate_arguments`` and
-``warn_long_sources`` guard ``generate``.
+with the closest real one (``unknown_keys``; the start-up checks also use
+``wrong_types``); ``check_generate_arguments`` and ``warn_long_sources`` guard ``generate``.
 """
 
 from __future__ import annotations
 
 import difflib
 import numbers
+import typing
 import warnings
 from dataclasses import fields
 from typing import Any
@@ -24,6 +25,20 @@ def unknown_keys(cls, keys) -> list[tuple[str, str]]:
     """``(key, " (did you mean ...?)")`` for each of ``keys`` that is not a field of the dataclass ``cls``."""
     names = [field.name for field in fields(cls)]
     return [(key, closest(key, names)) for key in keys if key not in names]
+
+
+# Field types a value is checked against when a dataclass option comes as a dict (the parser checked none).
+PLAIN_TYPES = {int: numbers.Integral, float: numbers.Real, str: str, bool: bool}
+
+
+def wrong_types(cls, items) -> list[tuple[str, Any, str]]:
+    """``(key, value, type name)`` for each ``(key, value)`` whose value is not of the field's plain type."""
+    hints = typing.get_type_hints(cls)
+    return [
+        (key, value, hints[key].__name__)
+        for key, value in items
+        if hints.get(key) in PLAIN_TYPES and not isinstance(value, PLAIN_TYPES[hints[key]])
+    ]
 
 
 def options_of(cls, value, argument: str):

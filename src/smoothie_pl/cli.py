@@ -16,6 +16,7 @@ import torch
 import yaml
 
 from lightning.fabric.plugins import CheckpointIO
+from lightning.pytorch.accelerators import CPUAccelerator, CUDAAccelerator
 from lightning.pytorch.callbacks import ModelCheckpoint, ProgressBar, RichProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.utilities import rank_zero_info
@@ -25,6 +26,7 @@ from smoothie_pl.callbacks import JsonlPredictionWriter, NonFiniteGuard, Smoothi
 from smoothie_pl.checkpoint_io import newest_intact, read_checkpoint, remove_temporary_files
 from smoothie_pl.config_checks import config_errors
 from smoothie_pl.data import Seq2SeqDataModule
+from smoothie_pl.data.batching import split_global_batch
 from smoothie_pl.errors import CheckpointError, ConfigError, SmoothieError, UsageError
 from smoothie_pl.fingerprint import CHECKPOINT_KEY
 from smoothie_pl.module import SmoothieModule
@@ -34,20 +36,7 @@ from smoothie_pl.precision import fast_bf16
 # Settings of sampling and evaluation: at test/predict time they come from the
 # current config and command line, while everything else (the architecture)
 # comes from the checkpoint given by --ckpt_path.
-GENERATION_OPTIONS = (
-    "sampler",
-    "sampling_steps",
-    "sampling_noise_scale",
-    "guidance_weight",
-    "clamp",
-    "metric_set",
-    "metric_options",
-    "mbr_candidates",
-    "mbr_utility",
-    "predict_candidates",
-    "recase",
-    "seed",
-)
+GENERATION_OPTIONS = ("sampling", "evaluation", "seed")
 # ``--ckpt_path`` values Lightning resolves itself.
 CHECKPOINT_ALIASES = ("best", "last", "hpc", "registry")
 # What a checkpoint needs to resume a run of this CLI from: other files in the run folder are skipped.
@@ -65,13 +54,19 @@ class SmoothieArgumentParser(LightningArgumentParser):
         parser = getattr(ex, "subcommand_parser", None) or self
         line = " ".join(message.split())
         unknown = re.findall(r"(--[\w.]+)", line) if line.lower().startswith("unrecognized arguments") else []
-        keys = [f"--{key}" for key in parser.get_defaults().keys()] if unknown else []
+        keys = option_keys(parser.get_defaults()) if unknown else []
         # Dotted keys share long prefixes, so only a near-identical key is suggested.
         suggestions = [f"{option}{closest(option, keys, 0.85)}" for option in unknown if closest(option, keys, 0.85)]
         if suggestions:
             line += "; " + "; ".join(suggestions)
         command = " ".join(["smoothie", *parser.prog.replace(" [options]", "").split()[1:]])  # not python's argv[0]
         raise UsageError(line, f"run `{command} --help` for the accepted options") from ex
+
+
+def option_keys(defaults) -> list[str]:
+    """Every ``--key`` of the parser's defaults, and a dataclass option's fields also without ``init_args``."""
+    keys = {f"--{key}" for key in defaults.keys()}
+    return sorted(keys | {key.replace(".init_args.", ".") for key in keys})
 
 
 class SmoothieCLI(LightningCLI):
@@ -106,14 +101,17 @@ class SmoothieCLI(LightningCLI):
             self.requested_generation_options = {key: self.config[key] for key in keys}
 
     def before_instantiate_classes(self) -> None:
-        """Restore the generation options asked for, then refuse impossible values before any data is read."""
+        """Restore the generation options asked for, refuse impossible values before any data is read, then
+        fill in what other options decide (precision, gradient accumulation)."""
         for key, value in self.requested_generation_options.items():
             self.config[key] = value
         subcommand = self.config.get("subcommand")
-        errors = config_errors(self.config[subcommand] if subcommand else self.config)
+        config = self.config[subcommand] if subcommand else self.config
+        errors = config_errors(config)
         if errors:
             raise ConfigError("impossible configuration values:\n  " + "\n  ".join(errors))
-        choose_precision(self.config[subcommand] if subcommand else self.config)
+        choose_precision(config)
+        derive_accumulation(config)
 
     def instantiate_trainer(self, **kwargs):
         """Use a Rich progress bar unless the config disables progress bars or brings its own, and
@@ -157,6 +155,36 @@ def choose_precision(config) -> None:
     device = {"auto": "cuda" if torch.cuda.is_available() else "cpu", "gpu": "cuda"}.get(accelerator, accelerator)
     config["trainer.precision"] = "bf16-mixed" if device in ("cpu", "cuda") and fast_bf16(device) else "32-true"
     rank_zero_info(f"precision {config['trainer.precision']}, chosen for this {device}")
+
+
+def planned_world_size(config) -> int | None:
+    """How many processes the configured trainer will run (``None`` for an accelerator this cannot tell)."""
+    accelerator = str(config.get("trainer.accelerator") or "auto")
+    if accelerator == "auto":
+        accelerator = "cuda" if CUDAAccelerator.is_available() else "cpu"
+    kind = {"cpu": CPUAccelerator, "cuda": CUDAAccelerator, "gpu": CUDAAccelerator}.get(accelerator)
+    if kind is None:
+        return None
+    devices = config.get("trainer.devices") or "auto"
+    devices = kind.auto_device_count() if devices == "auto" else devices
+    return len(kind.get_parallel_devices(kind.parse_devices(devices))) * int(config.get("trainer.num_nodes") or 1)
+
+
+def derive_accumulation(config) -> None:
+    """Set ``trainer.accumulate_grad_batches`` from ``data.init_args.global_batch_size`` (``split_global_batch``).
+
+    The DataModule takes the per-device batch itself at ``fit`` and refuses a
+    trainer that accumulates another count (as when this cannot tell the world size).
+    """
+    global_batch = config.get("data.init_args.global_batch_size")
+    world_size = None if global_batch is None else planned_world_size(config)
+    if world_size is None:
+        return
+    try:
+        _, accumulation = split_global_batch(global_batch, world_size, config["data.init_args.batch_size"])
+    except ValueError as error:
+        raise ConfigError(str(error)) from error
+    config["trainer.accumulate_grad_batches"] = accumulation
 
 
 def run_checkpoints(trainer) -> list[Path]:

@@ -1,73 +1,24 @@
 """Start-up checks of a run's configuration, before any data is read or any model is built.
 
 One table says, for every numeric or named option whose wrong values the
-types cannot catch, what it allows; ``config_errors`` lists every violation
-with its key, its value and the allowed range. Options that are absent (another
-data module) or ``None`` are not checked. The schedule is a dict option whose
+types cannot catch, what it allows; the option groups (``options.SamplingConfig``,
+...) bring the rules their fields check themselves. ``config_errors`` lists
+every violation with its key, its value and the allowed range. Options that
+are absent (another data module) or ``None`` are not checked. The schedule is a dict option whose
 parameters depend on its name, so it is checked by building it: each schedule
 class states its own ranges.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass
 from typing import Any
 
-import os
-
-from smoothie_pl.arguments import unknown_keys
+from smoothie_pl.allowed import Allowed, above, at_least, fraction, local_or_hub_model, one_of, only_with
+from smoothie_pl.arguments import unknown_keys, wrong_types
 from smoothie_pl.callbacks.prediction_writer import IF_EXISTS
 from smoothie_pl.diffusion import SPACES, build_schedule
-from smoothie_pl.diffusion.samplers import SAMPLERS
-from smoothie_pl.metrics import METRIC_SETS
 from smoothie_pl.models import DenoiserConfig
-from smoothie_pl.options import DTYPES
-
-
-@dataclass(frozen=True)
-class Allowed:
-    """What an option allows: ``holds(value, lookup)`` with ``lookup(key)`` giving another option's value."""
-
-    description: str
-    holds: Callable[[Any, Callable[[str], Any]], bool]
-
-
-def at_least(low: float) -> Allowed:
-    return Allowed(f">= {low}", lambda value, _: value >= low)
-
-
-def above(low: float) -> Allowed:
-    return Allowed(f"> {low}", lambda value, _: value > low)
-
-
-def fraction() -> Allowed:
-    return Allowed("in [0, 1)", lambda value, _: 0 <= value < 1)
-
-
-def one_of(choices: Iterable[str]) -> Allowed:
-    choices = sorted(choices)
-    return Allowed(f"one of {choices}", lambda value, _: value in choices)
-
-
-def only_with(key: str, wanted: Callable[[Any], bool], needs: str, unset: Any) -> Allowed:
-    """An option that must stay ``unset`` unless another ``key`` is as ``wanted`` (``needs`` says how)."""
-    return Allowed(f"{unset!r} unless {key} {needs}", lambda value, lookup: value == unset or wanted(lookup(key)))
-
-
-def local_or_hub_model() -> Allowed:
-    """A name that looks like a path (``/``, ``./``, ``~``, or more than one ``/``) must exist; others are hub names."""
-
-    def holds(value, _) -> bool:
-        looks_like_path = value.startswith(("/", ".", "~")) or value.count("/") > 1
-        return not looks_like_path or os.path.isdir(os.path.expanduser(value))
-
-    return Allowed("an existing local model folder or a Hugging Face model name", holds)
-
-
-def each(allowed: Allowed) -> Allowed:
-    return Allowed(f"each {allowed.description}", lambda values, lookup: all(allowed.holds(v, lookup) for v in values))
-
+from smoothie_pl.options import DTYPES, OPTION_GROUPS
 
 RULES: dict[str, Allowed] = {
     "model.target_length": at_least(1),
@@ -75,7 +26,9 @@ RULES: dict[str, Allowed] = {
     "model.space": one_of(SPACES),
     "model.embedding": local_or_hub_model(),
     "model.source_embedding": local_or_hub_model(),
-    "model.guidance_weight": only_with("model.cfg_dropout", lambda p: p > 0, "> 0 (guidance needs a model trained with it)", 0),
+    "model.sampling.guidance_weight": only_with(
+        "model.cfg_dropout", lambda p: p > 0, "> 0 (guidance needs a model trained with it)", 0
+    ),
     "model.cfg_dropout": Allowed(
         "in [0, 1), and 0 when model.denoiser.source_encoder is 'none' (no source to drop)",
         lambda value, lookup: 0 <= value < 1 and (value == 0 or lookup("model.denoiser.source_encoder") != "none"),
@@ -87,21 +40,10 @@ RULES: dict[str, Allowed] = {
         lambda value, lookup: value in ("fused", "literal", "streaming")
         and (value == "streaming" or lookup("model.space") == "smoothie"),
     ),
-    "model.sampler": one_of(SAMPLERS),
-    "model.sampling_steps": at_least(1),
-    "model.sampling_noise_scale": at_least(0),
-    "model.lr": above(0),
-    "model.betas": each(fraction()),
-    "model.eps": above(0),
-    "model.weight_decay": at_least(0),
-    "model.warmup_steps": at_least(0),
-    "model.warmup_start_lr": at_least(0),
     "model.vocab_chunk_size": at_least(1),
     "model.vocab_dtype": one_of(DTYPES),
     "model.decoding_loss_weight": at_least(0),
-    "model.metric_set": one_of(METRIC_SETS),
-    "model.mbr_candidates": at_least(1),
-    "model.mbr_utility": one_of(("bleu", "rougeL")),
+    **{f"model.{group.argument}.{key}": allowed for group in OPTION_GROUPS for key, allowed in group.rules().items()},
     "model.denoiser.width": at_least(1),
     "model.denoiser.depth": Allowed("an even number >= 2", lambda value, _: value >= 2 and value % 2 == 0),
     "model.denoiser.heads": Allowed(
@@ -134,7 +76,7 @@ RULES: dict[str, Allowed] = {
     "prediction_writer.if_exists": one_of(IF_EXISTS),
 }
 # Options given as a dict of a dataclass's fields: a misspelt field is named with the closest real one.
-DATACLASS_OPTIONS = {"model.denoiser": DenoiserConfig}
+DATACLASS_OPTIONS = {"model.denoiser": DenoiserConfig, **{f"model.{group.argument}": group for group in OPTION_GROUPS}}
 
 MISSING = object()
 
@@ -181,5 +123,6 @@ def config_errors(config) -> list[str]:
         value = lookup(key)
         if hasattr(value, "keys") and not isinstance(value, cls):
             errors += [f"{key}.{name}: not an option of {key}{hint}" for name, hint in unknown_keys(cls, value.keys())]
+            errors += [f"{key}.{name} = {v!r}: expected {kind}" for name, v, kind in wrong_types(cls, value.items())]
     schedule = schedule_error(config)
     return errors if schedule is None else [*errors, schedule]

@@ -193,8 +193,16 @@ def init_options(cls, hyper_parameters: dict[str, Any]) -> dict[str, Any]:
 
 
 def build_module(cls, saved: SavedModel, **overrides: Any):
-    """The module of ``saved`` with its weights, without the models it was built from."""
-    options = {**init_options(cls, saved.hyper_parameters), **overrides}
+    """The module of ``saved`` with its weights, without the models it was built from.
+
+    A dict override of a dict option (an option group) replaces only the keys it names.
+    """
+    options = init_options(cls, saved.hyper_parameters)
+    overrides = {
+        key: {**options[key], **value} if isinstance(value, dict) and isinstance(options.get(key), dict) else value
+        for key, value in overrides.items()
+    }
+    options = {**options, **overrides}
     state = saved.state
     matrices = {}
     if "source_embedding_matrix" in state:
@@ -219,8 +227,8 @@ def build_module(cls, saved: SavedModel, **overrides: Any):
 def load_pretrained(cls, path: str | Path, **overrides: Any):
     """``cls`` (a ``SmoothieModule``) from an exported folder or a checkpoint, offline.
 
-    ``overrides`` replace saved hyperparameters, e.g. ``sampling_steps`` or
-    ``mbr_candidates``; options that change the weights' shapes are refused.
+    ``overrides`` replace saved hyperparameters, e.g. ``sampling={"steps": 20,
+    "mbr_candidates": 4}``; options that change the weights' shapes are refused.
     """
     return build_module(cls, read_saved(path), **overrides)
 

@@ -46,7 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--format", choices=("text", "jsonl"), help="output format (default: jsonl for a .jsonl output, else text)"
     )
-    parser.add_argument("--steps", type=positive_int, help="sampling steps (default: the model's sampling_steps)")
+    parser.add_argument("--steps", type=positive_int, help="sampling steps (default: the model's sampling.steps)")
     parser.add_argument("--seed", type=int, help="seed of the diffusion noise (default: the model's seed)")
     parser.add_argument("--batch_size", type=positive_int, default=64, help="sources per batch")
     parser.add_argument("--candidates", type=positive_int, help="samples per source, the MBR choice is written")

@@ -36,7 +36,7 @@ def model_card(saved, checkpoint: Path) -> str:
     """Markdown for a ``SavedModel`` exported from ``checkpoint``."""
     hp, training, state = saved.hyper_parameters, saved.training, saved.state
     data = training.get("data", {})
-    denoiser = hp.get("denoiser", {})
+    denoiser, sampling = hp.get("denoiser", {}), hp.get("sampling", {})
     constants = ("embedding_matrix", "source_embedding_matrix", "vocabulary")
     parameters = sum(value.numel() for key, value in state.items() if key not in constants)
     rows, dim = state["embedding_matrix"].shape
@@ -60,8 +60,8 @@ def model_card(saved, checkpoint: Path) -> str:
         f"- Denoiser: width {denoiser.get('width')}, depth {denoiser.get('depth')}, heads {denoiser.get('heads')}, "
         f"source encoder {denoiser.get('source_encoder')}; {parameters:,} trained parameters",
         f"- Lengths: target {hp.get('target_length')}, source {hp.get('source_length')} tokens",
-        f"- Sampling: {hp.get('sampler')} sampler, {hp.get('sampling_steps')} steps, "
-        f"noise scale {hp.get('sampling_noise_scale')}, {hp.get('mbr_candidates')} MBR candidate(s)",
+        f"- Sampling: {sampling.get('sampler')} sampler, {sampling.get('steps')} steps, "
+        f"noise scale {sampling.get('noise_scale')}, {sampling.get('mbr_candidates')} MBR candidate(s)",
         "",
         "## Scores",
         "",

@@ -10,68 +10,33 @@ import torch
 from lightning.pytorch.utilities import rank_zero_info
 from torchmetrics import MeanMetric
 
-from smoothie_pl.arguments import check_generate_arguments, options_of, warn_long_sources
+from smoothie_pl.arguments import check_generate_arguments, warn_long_sources
+from smoothie_pl.callbacks.prediction_writer import prediction_records
 from smoothie_pl.checkpoint_io import load_verified
+from smoothie_pl.compatibility import check_checkpoint_fits, check_embedding_fits, checkpoint_name
 from smoothie_pl.compilation import compile_in_place
-from smoothie_pl.diffusion import SPACES, Schedule, StepCallback, build_sampler, build_schedule
+from smoothie_pl.diffusion import SPACES, Schedule, StepCallback, build_schedule
 from smoothie_pl.diffusion.embedding_losses import embedding_losses, position_mean, prediction_decoding_loss
 from smoothie_pl.embeddings import PACKAGED_MODEL, load_embedding_matrix, load_tokenizer, pretrained_encoder_origin
-from smoothie_pl.text import leading_special_tokens
-from smoothie_pl.errors import CheckpointMismatchError
-from smoothie_pl.export import add_loading_parts
-from smoothie_pl.fingerprint import (
-    CHECKPOINT_KEY,
-    check_compatible,
-    check_weights_fit,
-    fingerprint,
-    tensor_digest,
-    vocabulary_mismatch,
-)
+from smoothie_pl.export import add_loading_parts, load_pretrained
+from smoothie_pl.fingerprint import CHECKPOINT_KEY, fingerprint, tensor_digest
 from smoothie_pl.metrics import SacreBLEU, TextMetrics
 from smoothie_pl.models import DenoiserConfig, NullSource, UShapedDenoiser, build_source_encoder
 from smoothie_pl.optim import adamw_with_warmup
-from smoothie_pl.options import DTYPES, check_model_options
+from smoothie_pl.options import EvalConfig, OptimConfig, SamplingConfig, check_model_options, option_groups
 from smoothie_pl.pipeline import SmoothiePipeline, combined_seed, seeded_generator
-from smoothie_pl.precision import fast_bf16, fastest_autocast, vocab_compute_dtype
+from smoothie_pl.precision import compute_path, fastest_autocast, vocab_compute_dtype
+from smoothie_pl.text import leading_special_tokens
 
 T_TRAIN_MIN = 1e-5
-# Hyperparameters that decide which weights exist and their shapes: named when a checkpoint's weights do not fit.
-ARCHITECTURE_OPTIONS = ("denoiser", "space", "token_head", "cfg_dropout", "source_embedding", "train_embeddings")
-# State entries a loaded checkpoint is compared on by their own checks (fingerprint, vocabulary).
-CHECKED_SEPARATELY = ("embedding_matrix", "vocabulary")
-
-
-def _as(cls, value):
-    """Accept a config object or its plain-dict form (how hyperparameters come back from a checkpoint)."""
-    return options_of(cls, value, "denoiser")
 
 
 class SmoothieModule(L.LightningModule):
     """Smoothie text diffusion (arXiv 2505.18853) as a LightningModule.
 
-    Defaults are the paper's (METHOD sections 3, 6 and 7), so a config only
-    states what differs. Every option is described in ``docs/options.md``;
-    in short:
-
-    - ``E``: ``embedding`` (a Hugging Face name or path; ``None`` is the packaged
-      offline MiniLM), ``source_embedding`` (another model's for the sources),
-      ``per_feature_standardisation``, ``train_embeddings`` (``E`` in the
-      optimiser with the two losses of METHOD section 4), ``vocabulary`` (token
-      ids to diffuse over; stored as a buffer, a ``None`` module takes a loaded
-      checkpoint's).
-    - the process: ``space`` (smoothie, gaussian, simplex), ``schedule`` (by
-      ``name`` with its parameters; ``None`` or no ``name``: the space's own),
-      ``token_head`` (simplex only), ``denoiser``, ``target_length``,
-      ``source_length``, ``vocab_chunk_size`` / ``vocab_dtype`` /
-      ``vocab_attention`` (how the vocabulary operation runs), ``compile_denoiser``.
-    - training: ``masked_loss``, ``decoding_loss_weight`` (a cross-entropy of the
-      prediction's own distances ``D0(e0_hat)`` against the true token, added to
-      the x0 loss; 0 is the paper's objective), ``cfg_dropout``, the AdamW settings and the
-      linear warm-up from ``warmup_start_lr`` over ``warmup_steps``.
-    - generation (``SmoothiePipeline``): ``sampler`` / ``sampling_steps`` /
-      ``sampling_noise_scale``, ``guidance_weight``, ``clamp``,
-      ``mbr_candidates`` / ``mbr_utility``, ``recase``; evaluation:
-      ``metric_set`` / ``metric_options``, ``predict_candidates``; ``seed`` of the noise.
+    Defaults are the paper's (METHOD sections 3, 6 and 7), so a config only states what
+    differs; ``docs/options.md`` describes every option. The groups ``denoiser``, ``sampling``,
+    ``optim`` and ``evaluation`` take their dataclass or its plain dict (how checkpoints keep them).
     """
 
     def __init__(
@@ -83,8 +48,6 @@ class SmoothieModule(L.LightningModule):
         masked_loss: bool = False,
         decoding_loss_weight: float = 0.0,
         cfg_dropout: float = 0.0,
-        guidance_weight: float = 0.0,
-        clamp: bool = False,
         vocabulary: list[int] | None = None,
         denoiser: DenoiserConfig | dict = DenoiserConfig(),
         space: str = "smoothie",
@@ -92,37 +55,27 @@ class SmoothieModule(L.LightningModule):
         token_head: str | None = None,
         target_length: int = 64,
         source_length: int = 64,
-        sampler: str = "renoise",
-        sampling_steps: int = 200,
-        sampling_noise_scale: float = 1.0,
-        lr: float = 2e-4,
-        betas: tuple[float, float] = (0.9, 0.98),
-        eps: float = 1e-6,
-        weight_decay: float = 0.01,
-        warmup_steps: int = 5000,
-        warmup_start_lr: float = 1e-8,
         vocab_chunk_size: int = 1024,
         vocab_dtype: str = "auto",
         vocab_attention: str = "streaming",
         compile_denoiser: bool = False,
-        metric_set: str = "demo",
-        metric_options: dict | None = None,
-        mbr_candidates: int = 1,
-        mbr_utility: str = "bleu",
-        predict_candidates: bool = False,
-        recase: bool = False,
+        sampling: SamplingConfig | dict = SamplingConfig(),
+        optim: OptimConfig | dict = OptimConfig(),
+        evaluation: EvalConfig | dict = EvalConfig(),
         seed: int = 0,
     ) -> None:
         super().__init__()
-        denoiser = _as(DenoiserConfig, denoiser)
+        groups = option_groups(denoiser=denoiser, sampling=sampling, optim=optim, evaluation=evaluation)
+        denoiser, self.sampling, self.optim, self.evaluation = groups.values()
         check_model_options(
-            space, token_head, vocab_attention, train_embeddings, target_length, source_length, mbr_candidates,
-            vocab_dtype, cfg_dropout, guidance_weight, denoiser,
+            space, token_head, vocab_attention, train_embeddings, target_length, source_length, vocab_dtype,
+            cfg_dropout, self.sampling, denoiser,
         )  # fmt: skip
         schedule = build_schedule(schedule, SPACES[space].default_schedule.name)
-        self.save_hyperparameters(ignore=["vocabulary", "denoiser", "schedule"])
-        self.save_hyperparameters({"denoiser": asdict(denoiser), "schedule": schedule.to_dict()})
-        self.sampler = build_sampler(sampler, steps=sampling_steps, noise_scale=sampling_noise_scale)
+        self.save_hyperparameters(ignore=["vocabulary", "schedule", *groups])
+        plain = {key: asdict(value) for key, value in groups.items()}  # what a checkpoint reloads without our classes
+        self.save_hyperparameters({**plain, "schedule": schedule.to_dict()})
+        self.sampler = self.sampling.build_sampler()
 
         embedding_matrix = load_embedding_matrix(embedding, per_feature_standardisation)
         self.pretrained_embedding_sha256 = tensor_digest(embedding_matrix)  # what a trained E is checked on
@@ -147,7 +100,7 @@ class SmoothieModule(L.LightningModule):
         pretrained = pretrained_encoder_origin(source_embedding or embedding) if denoiser.source_encoder == "pretrained" else None
         self.source_encoder = build_source_encoder(denoiser, source_dim, source_length, pretrained)
         self.null_source = NullSource(denoiser.width) if cfg_dropout > 0 else None
-        self.test_metrics = TextMetrics(metric_set, **(metric_options or {}))
+        self.test_metrics = TextMetrics(self.evaluation.metric_set, **(self.evaluation.metric_options or {}))
         # Copying the source is the baseline a seq2seq model must beat; an unconditional one has none.
         self.test_copy_sacrebleu = SacreBLEU() if denoiser.source_encoder != "none" else None
         self.val_loss = MeanMetric()  # mean over every validation pair of every rank
@@ -169,15 +122,11 @@ class SmoothieModule(L.LightningModule):
         self.register_buffer("vocabulary", vocabulary.to(self.embedding_matrix.device))
         hp = self.hparams
         options = {"vocab_attention": hp.vocab_attention} if hp.space == "smoothie" else {}
-        if hp.token_head:
-            options["token_head"] = hp.token_head
-        self.space = SPACES[hp.space](
-            self.embedding_matrix.detach()[vocabulary],
-            build_schedule(hp.schedule, SPACES[hp.space].default_schedule.name),
-            chunk_size=hp.vocab_chunk_size,
-            compute_dtype=vocab_compute_dtype(hp.vocab_dtype, self._compute_device()),
-            **options,
-        )
+        options |= {"token_head": hp.token_head} if hp.token_head else {}
+        schedule = build_schedule(hp.schedule, SPACES[hp.space].default_schedule.name)
+        dtype = vocab_compute_dtype(hp.vocab_dtype, self._compute_device())
+        rows = self.embedding_matrix.detach()[vocabulary]
+        self.space = SPACES[hp.space](rows, schedule, chunk_size=hp.vocab_chunk_size, compute_dtype=dtype, **options)
 
     def _compute_device(self) -> torch.device:
         """Where the vocabulary matmuls will run: the trainer's device once attached (before the move), else ``E``'s."""
@@ -200,34 +149,23 @@ class SmoothieModule(L.LightningModule):
     @classmethod
     def from_pretrained(cls, path: str, **overrides: Any) -> "SmoothieModule":
         """A model from an exported folder or a checkpoint, offline (``smoothie_pl.export.load_pretrained``)."""
-        from smoothie_pl.export import load_pretrained
-
         return load_pretrained(cls, path, **overrides)
 
     @property
     def pipeline(self) -> SmoothiePipeline:
         """The generation pipeline over this module's current parts (and its current ``E``)."""
-        self._follow_trained_embeddings()
         hp = self.hparams
+        if hp.train_embeddings:  # a trained E changes every step: rebuild the space (a detached copy) from it
+            self._build_space(self.vocabulary)
         scratch_source = hp.source_embedding is not None and hp.denoiser["source_encoder"] == "scratch"
         return SmoothiePipeline(
-            self.space,
-            self.denoiser,
-            self.vocabulary,
-            self.tokenizer,
-            self.source_tokenizer,
-            self.sampler,
-            hp.target_length,
-            hp.source_length,
+            self.space, self.denoiser, self.vocabulary, self.tokenizer, self.source_tokenizer, self.sampler,
+            hp.target_length, hp.source_length,
             source_encoder=self.source_encoder,
             source_embeddings=self.source_embedding_matrix if scratch_source else self.embedding_matrix,
             null_source=self.null_source,
-            guidance_weight=hp.guidance_weight,
-            clamp=hp.clamp,
-            mbr_candidates=hp.mbr_candidates,
-            mbr_utility=hp.mbr_utility,
-            recase=hp.recase,
-        )
+            **self.sampling.pipeline_options(),
+        )  # fmt: skip
 
     def diffusion_loss(self, batch: dict, generator: torch.Generator) -> torch.Tensor:
         """x0-prediction MSE over all positions and features, padding included (METHOD section 3).
@@ -262,44 +200,23 @@ class SmoothieModule(L.LightningModule):
         token_loss = self.space.token_loss(predicted.float(), clean)
         return loss if token_loss is None else loss + token_loss
 
-    def _follow_trained_embeddings(self) -> None:
-        """A trained ``E`` changes every step: rebuild the space (a detached copy) from the current one."""
-        if self.hparams.train_embeddings:
-            self._build_space(self.vocabulary)
-
     # ------------------------------------------------------------- generation
     @torch.no_grad()
     def generate(
-        self,
-        sources: list[str],
-        steps: int | None = None,
-        seed: int | None = None,
-        batch_size: int = 64,
-        candidates: int | None = None,
-        first_index: int = 0,
-        callback: StepCallback | None = None,
-        trajectory: bool = False,
-    ) -> list[str] | tuple[list[str], list[dict]]:
-        """Generate one target per source string; the same seed gives the same texts.
+        self, sources: list[str], steps: int | None = None, seed: int | None = None, batch_size: int = 64,
+        candidates: int | None = None, first_index: int = 0, callback: StepCallback | None = None, trajectory: bool = False,
+    ) -> list[str] | tuple[list[str], list[dict]]:  # fmt: skip
+        """``SmoothiePipeline.generate`` in eval mode, arguments checked first; ``seed`` defaults to the model's.
 
-        With ``candidates`` (default ``mbr_candidates``) above 1, that many samples
-        are drawn per source and the MBR choice among them is returned. Noise is
-        seeded per batch from its position, counted from ``first_index``: a list
-        cut at multiples of ``batch_size`` gives the same texts piece by piece.
-        ``callback(k, t, x, e0)`` is called after every model evaluation. With
-        ``trajectory`` the texts come with one record per source holding the
-        decoded text of every step (``smoothie_pl.trajectory``).
+        ``candidates`` (default ``sampling.mbr_candidates``) above 1: the MBR choice among that many samples.
         """
         check_generate_arguments(sources, steps, seed, batch_size, candidates, first_index)
         warn_long_sources(self.source_tokenizer, sources, self.hparams.source_length)
-        was_training = self.training
-        self.eval()
-        seed = self.hparams.seed if seed is None else seed
+        was_training, seed = self.training, self.hparams.seed if seed is None else seed
         try:
             with fastest_autocast(self.device):
-                return self.pipeline.generate(
-                    sources, seed, steps, batch_size, candidates, first_index, callback, trajectory
-                )
+                pipeline = self.eval().pipeline
+                return pipeline.generate(sources, seed, steps, batch_size, candidates, first_index, callback, trajectory)
         finally:
             self.train(was_training)
 
@@ -315,14 +232,8 @@ class SmoothieModule(L.LightningModule):
         device = self._compute_device()
         if vocab_compute_dtype(self.hparams.vocab_dtype, device) != self.space.compute_dtype:
             self._build_space(self.vocabulary)  # "auto" on another device than the one the module was built on
-        precision = str(self.trainer.precision)
-        emulated = device.type == "cpu" and "bf16" in precision and not fast_bf16(device)
-        matmuls = f"fp32 ({precision} asked, but this CPU has no bf16 units)" if emulated else precision
-        rank_zero_info(
-            f"compute path on {device}: model matmuls {matmuls}, vocabulary matmuls "
-            f"{str(self.space.compute_dtype).removeprefix('torch.')} (vocab_dtype {self.hparams.vocab_dtype}), "
-            f"denoiser {'compiled' if self.denoiser_compiled else 'eager'}"
-        )
+        precision, vocab = str(self.trainer.precision), (self.space.compute_dtype, self.hparams.vocab_dtype)
+        rank_zero_info(compute_path(device, precision, *vocab, self.denoiser_compiled))
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         # Noise and dropout masks come from (seed, rank, step, batch): each rank draws its own,
@@ -362,74 +273,28 @@ class SmoothieModule(L.LightningModule):
 
     def predict_step(self, batch: dict, batch_idx: int) -> list[dict[str, Any]]:
         predictions, candidates = self._generate_batch(batch)
-        records = []
-        for row, index in enumerate(batch["index"].tolist()):
-            record = {"index": index, "source": batch["source"][row]}
-            if batch["reference"][row] is not None:  # inference-only data has none
-                record["reference"] = batch["reference"][row]
-            record["prediction"] = predictions[row]
-            if self.hparams.predict_candidates:
-                record["candidates"] = candidates[row]
-            records.append(record)
-        return records
+        return prediction_records(batch, predictions, candidates if self.evaluation.predict_candidates else None)
 
     def configure_optimizers(self):
-        hp = self.hparams
-        optimizer, scheduler = adamw_with_warmup(
-            self.parameters(), hp.lr, hp.betas, hp.eps, hp.weight_decay, hp.warmup_steps, hp.warmup_start_lr,
-            fused=self.device.type in ("cpu", "cuda"),  # the per-tensor loop is the default on CPU: 10 % of a step
-        )  # fmt: skip
+        fused = self.device.type in ("cpu", "cuda")  # the per-tensor loop is the default on CPU: 10 % of a step
+        optimizer, scheduler = adamw_with_warmup(self.parameters(), self.optim, fused)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     def fingerprint(self) -> dict[str, Any]:
         """What the weights depend on (``smoothie_pl.fingerprint``); saved in every checkpoint."""
         hp = self.hparams
         return fingerprint(
-            hp.embedding or PACKAGED_MODEL,
-            self.embedding_matrix,
-            self.pretrained_embedding_sha256,
-            hp.train_embeddings,
-            self.tokenizer,
-            self.vocabulary,
-            type(self.space).__name__,
-            hp.schedule,
-            hp.target_length,
-            hp.source_length,
-        )
+            hp.embedding or PACKAGED_MODEL, self.embedding_matrix, self.pretrained_embedding_sha256, hp.train_embeddings,
+            self.tokenizer, self.vocabulary, type(self.space).__name__, hp.schedule, hp.target_length, hp.source_length,
+        )  # fmt: skip
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint[CHECKPOINT_KEY] = self.fingerprint()
         add_loading_parts(checkpoint, self)  # tokenizer files and encoder configs: the checkpoint loads offline
 
-    def _checkpoint_name(self) -> str:
-        """The path the trainer loads from, for messages (``load_from_checkpoint`` has no trainer)."""
-        try:
-            return self.trainer.ckpt_path or "being loaded"
-        except RuntimeError:  # not attached to a trainer
-            return "being loaded"
-
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         """Refuse a checkpoint of another embedding, tokenizer or architecture; take its vocabulary unless the data gave one."""
-        state = checkpoint["state_dict"]
-        matrix = state.get("embedding_matrix")
-        name = self._checkpoint_name()
-        check_compatible(checkpoint[CHECKPOINT_KEY], self.fingerprint(), name, matrix, self.embedding_matrix)
-        if matrix is not None and matrix.shape != self.embedding_matrix.shape:
-            raise CheckpointMismatchError(
-                f"checkpoint embedding matrix has shape {tuple(matrix.shape)} but this model's "
-                f"({self.hparams.embedding or 'packaged MiniLM'}) has {tuple(self.embedding_matrix.shape)}"
-            )
-        # Vocabulary-shaped weights (a simplex model's linear token head) follow the stored vocabulary.
-        if "vocabulary" in state and not torch.equal(state["vocabulary"].cpu(), self.vocabulary.cpu()):
-            if self.vocabulary_requested:
-                raise vocabulary_mismatch(state["vocabulary"].cpu(), self.vocabulary.cpu(), self.tokenizer, name)
-            self._build_space(state["vocabulary"].to(self.embedding_matrix.device))
-        saved_options = checkpoint.get("hyper_parameters", {})
-        check_weights_fit(
-            state,
-            self.state_dict(),
-            {key: saved_options.get(key) for key in ARCHITECTURE_OPTIONS},
-            {key: self.hparams.get(key) for key in ARCHITECTURE_OPTIONS},
-            name,
-            skip=CHECKED_SEPARATELY,
-        )
+        vocabulary = check_embedding_fits(self, checkpoint, checkpoint_name(self))
+        if vocabulary is not None:  # vocabulary-shaped weights (a simplex model's token head) follow it
+            self._build_space(vocabulary.to(self.embedding_matrix.device))
+        check_checkpoint_fits(self, checkpoint, checkpoint_name(self))

@@ -58,3 +58,16 @@ def fastest_autocast(device: torch.device) -> contextlib.AbstractContextManager:
     if emulated_bf16_autocast(device):
         return torch.autocast("cpu", enabled=False)
     return contextlib.nullcontext()
+
+
+def compute_path(
+    device: torch.device, precision: str, vocab_dtype: torch.dtype, vocab_option: str, compiled: bool
+) -> str:
+    """What the run computes in, said at setup: an asked-for bf16 that this CPU would emulate runs in fp32."""
+    emulated = device.type == "cpu" and "bf16" in precision and not fast_bf16(device)
+    matmuls = f"fp32 ({precision} asked, but this CPU has no bf16 units)" if emulated else precision
+    vocab = str(vocab_dtype).removeprefix("torch.")
+    return (
+        f"compute path on {device}: model matmuls {matmuls}, vocabulary matmuls {vocab} (vocab_dtype {vocab_option}), "
+        f"denoiser {'compiled' if compiled else 'eager'}"
+    )

@@ -31,15 +31,15 @@ class GenerationMetrics(Callback):
 
     Args:
         metric_set: a name of :data:`smoothie_pl.metrics.METRIC_SETS` (``None``:
-            the model's ``metric_set``); each metric is logged as ``val/<name>``,
+            the model's ``evaluation.metric_set``); each metric is logged as ``val/<name>``,
             the tracked one on the progress bar and also as ``val/tracked``, so one
             ``ModelCheckpoint(monitor="val/tracked", mode="max")`` serves every task.
         metric_options: keyword arguments of :class:`TextMetrics` (e.g.
             ``bertscore_model``), without which model-based metrics are skipped
-            (``None`` with ``metric_set=None``: the model's ``metric_options``).
+            (``None`` with ``metric_set=None``: the model's ``evaluation.metric_options``).
         num_examples: the first pairs of the validation split that are generated.
         steps, seed, batch_size: passed to ``generate`` (``None``: the model's
-            ``sampling_steps`` and ``seed``), so every run sees the same noise.
+            ``sampling.steps`` and ``seed``), so every run sees the same noise.
         every_n_steps: run at a validation only when this many optimizer steps
             have passed since the last run (``None``: every validation). In between,
             ``trainer.callback_metrics`` keeps the last values.
@@ -82,8 +82,9 @@ class GenerationMetrics(Callback):
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         """Take the model's metric set if none was given; fail before training when there is no split to read."""
         if self.metrics is None:
-            options = self.metric_options if self.metric_options is not None else pl_module.hparams.metric_options
-            self.metrics = TextMetrics(pl_module.hparams.metric_set, **(options or {}))
+            evaluation = pl_module.evaluation
+            options = self.metric_options if self.metric_options is not None else evaluation.metric_options
+            self.metrics = TextMetrics(evaluation.metric_set, **(options or {}))
         if stage in ("fit", "validate") and not hasattr(trainer.datamodule, "dataset"):
             raise ValueError(
                 "GenerationMetrics reads its pairs from `trainer.datamodule.dataset('validation')`: "

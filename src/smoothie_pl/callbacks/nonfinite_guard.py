@@ -64,7 +64,7 @@ class NonFiniteGuard(Callback):
         checkpoint = last_good_checkpoint(trainer)
         raise NonFiniteLossError(
             f"non-finite {self._problem} {where}; training stopped before updating the weights with it. "
-            f"Last good checkpoint: {checkpoint or 'none written yet'}. Lower model.lr, clip gradients "
+            f"Last good checkpoint: {checkpoint or 'none written yet'}. Lower model.optim.lr, clip gradients "
             "(trainer.gradient_clip_val) or set --nonfinite_guard.skip_batches true to skip such batches."
         )
 

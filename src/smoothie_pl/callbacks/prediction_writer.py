@@ -21,6 +21,22 @@ from smoothie_pl.io import write_jsonl_atomically
 IF_EXISTS = ("error", "overwrite", "resume")
 
 
+def prediction_records(
+    batch: dict, predictions: list[str], candidates: list[list[str]] | None = None
+) -> list[dict[str, Any]]:
+    """The records this writer writes for a predict batch, one per source (a ``reference`` where the data has one)."""
+    records = []
+    for row, index in enumerate(batch["index"].tolist()):
+        record = {"index": index, "source": batch["source"][row]}
+        if batch["reference"][row] is not None:  # inference-only data has none
+            record["reference"] = batch["reference"][row]
+        record["prediction"] = predictions[row]
+        if candidates is not None:
+            record["candidates"] = candidates[row]
+        records.append(record)
+    return records
+
+
 def read_records(path: Path) -> list[dict]:
     """Records of a predictions or part file; a cut-off last line (a killed writer) is ignored."""
     lines = path.read_text(encoding="utf-8").split("\n")

@@ -133,9 +133,10 @@ class Seq2SeqDataModule(L.LightningDataModule):
             (plus special tokens); see ``vocabulary``.
         predict_split: the split that ``predict`` generates for.
         global_batch_size: pairs per optimizer step over all devices; the
-            per-device batch (at most ``batch_size``) and the trainer's
-            ``accumulate_grad_batches`` are derived from it at ``fit``, so a
-            config trains the same on any number of devices.
+            per-device batch (at most ``batch_size``) is derived from it at
+            ``fit``, and the trainer's ``accumulate_grad_batches`` must be the
+            matching one (``batching.split_global_batch``; the ``smoothie`` CLI
+            sets it), so a config trains the same on any number of devices.
     """
 
     def __init__(
@@ -227,7 +228,7 @@ class Seq2SeqDataModule(L.LightningDataModule):
 
     def setup(self, stage: str) -> None:
         if stage == "fit" and self.global_batch_size is not None and self.trainer is not None:
-            self._apply_global_batch()
+            self._split_global_batch()
         needed = {"fit": ("train", "validation"), "validate": ("validation",), "test": ("test",)}
         for split in needed.get(stage, (self.predict_split,)):
             dataset = self.dataset(split)
@@ -243,14 +244,19 @@ class Seq2SeqDataModule(L.LightningDataModule):
                     "their predictions are written without one and metrics are skipped"
                 )
 
-    def _apply_global_batch(self) -> None:
+    def _split_global_batch(self) -> None:
+        """The device batch of the global one; the trainer must accumulate the rest, not another count."""
         trainer = self.trainer
         self.device_batch_size, accumulation = split_global_batch(
             self.global_batch_size, trainer.world_size, self.batch_size
         )
-        if trainer.accumulate_grad_batches not in (1, accumulation):
-            raise ValueError("set data.global_batch_size or trainer.accumulate_grad_batches, not both")
-        trainer.accumulate_grad_batches = accumulation
+        if trainer.accumulate_grad_batches != accumulation:
+            raise ValueError(
+                f"data.global_batch_size={self.global_batch_size} over {trainer.world_size} device(s) in batches of "
+                f"at most {self.batch_size} needs trainer.accumulate_grad_batches={accumulation}, got "
+                f"{trainer.accumulate_grad_batches}: set data.global_batch_size or trainer.accumulate_grad_batches, "
+                "not both (the smoothie CLI derives the accumulation)"
+            )
 
     def _loader(self, split: str, shuffle: bool, skip: Set[int] = frozenset()) -> DataLoader:
         """Shuffled training batches, or evaluation batches dealt whole to the ranks (``data.samplers``)."""

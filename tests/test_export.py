@@ -115,6 +115,28 @@ def test_a_fresh_process_loads_both_with_the_embedding_model_deleted(exported, t
         assert torch.equal(loaded["embeddings"], embeddings)
 
 
+def test_smoothie_predict_with_a_checkpoint_runs_with_the_embedding_model_deleted(trained_run, pairs_dir, tmp_path):
+    """The config names the embedding model, but the module and the data take ``E`` and the tokenizer from the checkpoint."""
+    embedding, hidden = trained_run / "embedding", trained_run / "embedding-hidden"
+    smoothie = Path(sys.executable).with_name("smoothie")
+    files = [f"--data.init_args.{split}_file={pairs_dir / f'{split}.jsonl'}" for split in ("train", "validation", "test")]
+    embedding.rename(hidden)
+    try:
+        process = subprocess.run(
+            [str(smoothie), "predict", f"--model.embedding={embedding}", "--model.target_length=8",
+             "--model.source_length=10", "--data=smoothie_pl.data.JsonlDataModule", *files,
+             "--data.init_args.predict_split=test", f"--ckpt_path={trained_run / 'checkpoints/last.ckpt'}",
+             f"--trainer.default_root_dir={tmp_path}", "--trainer.logger=false"],
+            capture_output=True, text=True, env={**os.environ, "PYTHONWARNINGS": "ignore"},
+        )  # fmt: skip
+    finally:
+        hidden.rename(embedding)
+    assert process.returncode == 0, process.stderr[-3000:]
+    records = [json.loads(line) for line in (tmp_path / "predictions.jsonl").read_text().splitlines()]
+    test_pairs = (pairs_dir / "test.jsonl").read_text().splitlines()
+    assert [record["reference"] for record in records] == [json.loads(line)["trg"] for line in test_pairs]
+
+
 def test_a_pretrained_source_encoder_is_rebuilt_from_its_saved_config(tmp_path):
     """Saved outside a Trainer, the checkpoint still holds the tokenizer and the encoder's config."""
     import shutil

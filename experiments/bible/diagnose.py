@@ -18,6 +18,7 @@ Writes ``diagnosis.json``, ``diagnosis.md`` and ``diagnosis.png`` into ``--out``
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 from pathlib import Path
 
@@ -67,7 +68,7 @@ def one_step_curves(model: SmoothieModule, sources: list[str], references: list[
 
 
 def sacrebleu_at(model: SmoothieModule, sources, references, steps: int, seed: int, clamp: bool) -> float:
-    model.hparams.clamp = clamp  # read by the pipeline
+    model.sampling = dataclasses.replace(model.sampling, clamp=clamp)  # read by the pipeline
     metric = SacreBLEU()
     metric.update(model.generate(sources, steps=steps, seed=seed, batch_size=len(sources)), references)
     return float(metric.compute())
@@ -83,7 +84,7 @@ def trajectory_accuracy(model: SmoothieModule, sources, references, steps: int, 
         decoded = model.vocabulary[model.space.decode(e0.float())].cpu()
         accuracy.append(float((decoded == reference_ids)[real].float().mean()))
 
-    model.hparams.clamp = False
+    model.sampling = dataclasses.replace(model.sampling, clamp=False)
     model.generate(sources, steps=steps, seed=seed, batch_size=len(sources), callback=record)
     return accuracy
 

@@ -13,6 +13,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, fields
 from typing import Any, ClassVar
 
+from smoothie_pl.embeddings import saved_model_names
+
 
 @dataclass(frozen=True)
 class Allowed:
@@ -45,11 +47,12 @@ def only_with(key: str, wanted: Callable[[Any], bool], needs: str, unset: Any) -
 
 
 def local_or_hub_model() -> Allowed:
-    """A name that looks like a path (``/``, ``./``, ``~``, or more than one ``/``) must exist; others are hub names."""
+    """A name that looks like a path (``/``, ``./``, ``~``, or more than one ``/``) must exist, unless the
+    checkpoint being tested holds its matrix; others are hub names."""
 
     def holds(value, _) -> bool:
         looks_like_path = value.startswith(("/", ".", "~")) or value.count("/") > 1
-        return not looks_like_path or os.path.isdir(os.path.expanduser(value))
+        return not looks_like_path or os.path.isdir(os.path.expanduser(value)) or value in saved_model_names()
 
     return Allowed("an existing local model folder or a Hugging Face model name", holds)
 

@@ -27,6 +27,7 @@ from smoothie_pl.checkpoint_io import newest_intact, read_checkpoint, remove_tem
 from smoothie_pl.config_checks import config_errors
 from smoothie_pl.data import Seq2SeqDataModule
 from smoothie_pl.data.batching import split_global_batch
+from smoothie_pl.export import use_checkpoint_parts
 from smoothie_pl.errors import CheckpointError, ConfigError, SmoothieError, UsageError
 from smoothie_pl.fingerprint import CHECKPOINT_KEY
 from smoothie_pl.module import SmoothieModule
@@ -107,6 +108,9 @@ class SmoothieCLI(LightningCLI):
             self.config[key] = value
         subcommand = self.config.get("subcommand")
         config = self.config[subcommand] if subcommand else self.config
+        checkpoint = config.get("ckpt_path")
+        if subcommand in ("validate", "test", "predict") and checkpoint and Path(checkpoint).is_file():
+            use_checkpoint_parts(checkpoint)  # E and the tokenizers from the checkpoint, never re-read or downloaded
         errors = config_errors(config)
         if errors:
             raise ConfigError("impossible configuration values:\n  " + "\n  ".join(errors))

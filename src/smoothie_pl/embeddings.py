@@ -49,6 +49,16 @@ def saved_parts(parts: SavedParts) -> Iterator[None]:
         _SAVED_PARTS.reset(token)
 
 
+def use_saved_parts(parts: SavedParts) -> None:
+    """Take ``parts`` for the rest of this command (``smoothie test --ckpt_path``: the checkpoint's ``E``)."""
+    _SAVED_PARTS.set(parts)
+
+
+def saved_model_names() -> set[str | None]:
+    """Names of the models whose matrices the saved model being used holds (they need not be on disk)."""
+    return set(_SAVED_PARTS.get().matrices)
+
+
 def pretrained_encoder_origin(name_or_path: str | None) -> str | PretrainedConfig:
     """What a pretrained source encoder is built from: a saved model's config of it, else the model's path."""
     configs = _SAVED_PARTS.get().encoder_configs

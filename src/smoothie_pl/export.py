@@ -29,7 +29,7 @@ import torch
 from transformers import AutoConfig, AutoTokenizer, PreTrainedTokenizerBase
 
 from smoothie_pl.checkpoint_io import load_verified
-from smoothie_pl.embeddings import SavedParts, saved_parts
+from smoothie_pl.embeddings import SavedParts, saved_parts, use_saved_parts
 from smoothie_pl.errors import CheckpointError, OutputExistsError
 from smoothie_pl.fingerprint import CHECKPOINT_KEY, check_weights_fit
 
@@ -192,17 +192,8 @@ def init_options(cls, hyper_parameters: dict[str, Any]) -> dict[str, Any]:
     return {key: value for key, value in hyper_parameters.items() if key in accepted}
 
 
-def build_module(cls, saved: SavedModel, **overrides: Any):
-    """The module of ``saved`` with its weights, without the models it was built from.
-
-    A dict override of a dict option (an option group) replaces only the keys it names.
-    """
-    options = init_options(cls, saved.hyper_parameters)
-    overrides = {
-        key: {**options[key], **value} if isinstance(value, dict) and isinstance(options.get(key), dict) else value
-        for key, value in overrides.items()
-    }
-    options = {**options, **overrides}
+def parts_of(saved: SavedModel, options: dict[str, Any]) -> SavedParts:
+    """What ``saved`` holds of the models its ``options`` name: ``E``, encoder configs and tokenizers, by name."""
     state = saved.state
     matrices = {}
     if "source_embedding_matrix" in state:
@@ -215,9 +206,30 @@ def build_module(cls, saved: SavedModel, **overrides: Any):
         encoder_configs[encoder_name] = AutoConfig.for_model(config.pop("model_type"), **config)
     names = tokenizer_roles(options)
     tokenizers = {names[role]: tokenizer for role, tokenizer in saved.tokenizers.items() if role in names}
-    with saved_parts(SavedParts(matrices, encoder_configs, tokenizers)):
+    return SavedParts(matrices, encoder_configs, tokenizers)
+
+
+def use_checkpoint_parts(path: str | Path) -> None:
+    """Build this command's model and data from the ``E`` and tokenizers ``path`` holds, not the models it names."""
+    saved = read_checkpoint(Path(path).expanduser())
+    use_saved_parts(parts_of(saved, saved.hyper_parameters))
+
+
+def build_module(cls, saved: SavedModel, **overrides: Any):
+    """The module of ``saved`` with its weights, without the models it was built from.
+
+    A dict override of a dict option (an option group) replaces only the keys it names.
+    """
+    options = init_options(cls, saved.hyper_parameters)
+    overrides = {
+        key: {**options[key], **value} if isinstance(value, dict) and isinstance(options.get(key), dict) else value
+        for key, value in overrides.items()
+    }
+    options = {**options, **overrides}
+    state, parts = saved.state, parts_of(saved, options)
+    with saved_parts(parts):
         module = cls(**options, vocabulary=state["vocabulary"].tolist())
-    module.saved_tokenizers = tokenizers
+    module.saved_tokenizers = dict(parts.tokenizers)
     saved_values = {key: saved.hyper_parameters.get(key) for key in overrides}
     check_weights_fit(state, module.state_dict(), saved_values, overrides, "being loaded")
     module.load_state_dict(state)

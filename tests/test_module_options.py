@@ -1,5 +1,7 @@
 """Each model option changes what it claims: self-conditioning, guidance, clamping, embedding training, masked loss."""
 
+import math
+
 import pytest
 import torch
 
@@ -158,6 +160,21 @@ def test_masked_loss_averages_over_real_tokens_only(word_model, pairs_dir, monke
         expected = squares[real].mean() if masked else squares.mean()
         torch.testing.assert_close(loss, expected)
     assert real.any() and not real.all()
+
+
+def test_train_time_power_draws_t_as_a_power_of_a_uniform(word_model, pairs_dir, monkeypatch):
+    """t = u^p: P(t < 0.1) is 0.1 for p = 1 and 0.1^(1/3) = 0.464 for p = 3."""
+    batch = train_batch(word_model, pairs_dir)
+    for power, expected in ((1.0, 0.1), (3.0, 0.1 ** (1 / 3))):
+        module = tiny_module(word_model, train_time_power=power)
+        times = []
+        noised_input = module.space.noised_input
+        monkeypatch.setattr(module.space, "noised_input", lambda clean, t, *a: times.append(t) or noised_input(clean, t, *a))
+        for seed in range(400):
+            module.diffusion_loss(batch, torch.Generator().manual_seed(seed))
+        below = (torch.cat(times) < 0.1).float().mean().item()
+        n = len(torch.cat(times))
+        assert abs(below - expected) < 5 * math.sqrt(expected * (1 - expected) / n), (power, below, n)
 
 
 def test_decoding_loss_is_the_cross_entropy_of_the_predictions_distances(word_model, pairs_dir, monkeypatch):

@@ -5,6 +5,9 @@ import math
 import pytest
 import torch
 
+from smoothie_pl.diffusion.samplers import PowerGrid
+from smoothie_pl.options import SamplingConfig
+
 from smoothie_pl.diffusion import (
     SAMPLERS,
     CosineSchedule,
@@ -226,6 +229,24 @@ def test_a_registered_time_grid_is_the_one_the_loop_walks():
     assert isinstance(build_time_grid("uniform"), UniformGrid)
     with pytest.raises(ValueError, match="unknown time grid 'cubic'"):
         build_time_grid("cubic")
+
+
+def test_power_grid_bends_the_uniform_grid_towards_small_t():
+    seen = []
+    sampler = RenoiseSampler(steps=5, grid=build_time_grid("power", power=3.0))
+    sampler.sample(RecordingSpace(), lambda x, t: seen.append(t[0].item()) or x, batch=1, length=1)
+    # (1 - k/5)^3 for k = 0..4, worked by hand.
+    assert seen == pytest.approx([1.0, 0.512, 0.216, 0.064, 0.008])
+    assert torch.equal(PowerGrid(1.0)(7), UniformGrid()(7))
+    with pytest.raises(ValueError, match="power must be positive"):
+        PowerGrid(0.0)
+
+
+def test_sampling_config_grid_power_builds_the_power_grid():
+    assert SamplingConfig(grid_power=2.0).build_sampler().timesteps().tolist() == pytest.approx(
+        [(1 - k / 200) ** 2 for k in range(201)], rel=1e-5, abs=1e-8
+    )
+    assert isinstance(SamplingConfig().build_sampler().grid, UniformGrid)  # the paper's default
 
 
 def test_unknown_sampler_and_bad_settings_are_refused():

@@ -43,6 +43,7 @@ RULES: dict[str, Allowed] = {
     "model.vocab_chunk_size": at_least(1),
     "model.vocab_dtype": one_of(DTYPES),
     "model.decoding_loss_weight": at_least(0),
+    "model.train_time_power": above(0),
     **{f"model.{group.argument}.{key}": allowed for group in OPTION_GROUPS for key, allowed in group.rules().items()},
     "model.denoiser.width": at_least(1),
     "model.denoiser.depth": Allowed("an even number >= 2", lambda value, _: value >= 2 and value % 2 == 0),

@@ -47,6 +47,7 @@ class SmoothieModule(L.LightningModule):
         train_embeddings: bool = False,
         masked_loss: bool = False,
         decoding_loss_weight: float = 0.0,
+        train_time_power: float = 1.0,
         cfg_dropout: float = 0.0,
         vocabulary: list[int] | None = None,
         denoiser: DenoiserConfig | dict = DenoiserConfig(),
@@ -170,12 +171,13 @@ class SmoothieModule(L.LightningModule):
     def diffusion_loss(self, batch: dict, generator: torch.Generator) -> torch.Tensor:
         """x0-prediction MSE over all positions and features, padding included (METHOD section 3).
 
-        ``masked_loss`` leaves padding out; ``train_embeddings`` adds the two
-        embedding losses; ``cfg_dropout`` replaces some training sources by the null source.
+        ``t = u ** train_time_power`` (``u`` uniform; 1 is the paper's); ``masked_loss`` leaves padding out;
+        ``train_embeddings`` adds the two embedding losses; ``cfg_dropout`` replaces some sources by the null one.
         """
         pipeline = self.pipeline
         clean = self.embedding_matrix[batch["target_ids"]]
-        t = torch.rand(clean.shape[0], device=self.device, generator=generator) * (1 - T_TRAIN_MIN) + T_TRAIN_MIN
+        u = torch.rand(clean.shape[0], device=self.device, generator=generator)
+        t = u.pow(self.hparams.train_time_power) * (1 - T_TRAIN_MIN) + T_TRAIN_MIN
         x_t = self.space.noised_input(clean, t, generator)
         source, source_mask = pipeline.encode_source(batch["source_ids"], batch["source_mask"]), batch["source_mask"]
         if self.null_source is not None and self.training:

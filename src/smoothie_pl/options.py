@@ -12,7 +12,7 @@ from typing import Any
 from smoothie_pl.allowed import OptionGroup, above, at_least, each, fraction, one_of, ranged
 from smoothie_pl.arguments import options_of
 from smoothie_pl.diffusion import SPACES, build_sampler
-from smoothie_pl.diffusion.samplers import SAMPLERS, Sampler
+from smoothie_pl.diffusion.samplers import SAMPLERS, PowerGrid, Sampler
 from smoothie_pl.metrics import METRIC_SETS
 from smoothie_pl.models import DenoiserConfig
 from smoothie_pl.precision import VOCAB_DTYPES
@@ -26,7 +26,8 @@ class SamplingConfig(OptionGroup):
     """How targets are generated (``SmoothiePipeline``): the sampler and what is done around it.
 
     ``noise_scale`` multiplies the injected noise (< 1: less diverse, more
-    fluent); ``guidance_weight`` needs a model trained with ``cfg_dropout``;
+    fluent); ``grid_power`` bends the time grid, ``t_k = (1 - k / N) ** p``
+    (1 is the paper's uniform grid; above 1 puts more steps at small t); ``guidance_weight`` needs a model trained with ``cfg_dropout``;
     ``clamp`` snaps predictions to vocabulary rows; ``mbr_candidates`` samples
     per source, chosen among by ``mbr_utility``; ``recase`` takes capitals from the source.
     """
@@ -35,6 +36,7 @@ class SamplingConfig(OptionGroup):
     sampler: str = ranged("renoise", one_of(SAMPLERS))
     steps: int = ranged(200, at_least(1))
     noise_scale: float = ranged(1.0, at_least(0))
+    grid_power: float = ranged(1.0, above(0))
     guidance_weight: float = 0.0
     clamp: bool = False
     mbr_candidates: int = ranged(1, at_least(1))
@@ -42,7 +44,8 @@ class SamplingConfig(OptionGroup):
     recase: bool = False
 
     def build_sampler(self) -> Sampler:
-        return build_sampler(self.sampler, steps=self.steps, noise_scale=self.noise_scale)
+        grid = "uniform" if self.grid_power == 1 else PowerGrid(self.grid_power)
+        return build_sampler(self.sampler, steps=self.steps, noise_scale=self.noise_scale, grid=grid)
 
     def pipeline_options(self) -> dict[str, Any]:
         """The rest, as ``SmoothiePipeline`` takes them."""

@@ -36,6 +36,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--split", default="test")
     parser.add_argument("--pairs", type=int, default=100, help="the first N pairs of the split")
     parser.add_argument("--steps", nargs="+", type=int, default=[1, 2, 5, 10, 20, 50, 100, 200])
+    parser.add_argument("--grid-power", type=float, help="sample on the grid t_k = (1 - k/N)^p (default: the model's)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=Path("runs/diagnosis"))
     return parser.parse_args(argv)
@@ -101,7 +102,8 @@ def diagnose(model: SmoothieModule, sources, references, args: argparse.Namespac
 
 
 def markdown(results: dict[str, dict], args: argparse.Namespace) -> str:
-    lines = [f"First {args.pairs} {args.split} pairs, sampling seed {args.seed}.", ""]
+    grid = "the models' own grid" if args.grid_power is None else f"grid power {args.grid_power:g}"
+    lines = [f"First {args.pairs} {args.split} pairs, sampling seed {args.seed}, {grid}.", ""]
     lines += ["One-step token accuracy / x0 MSE of the first prediction at t:", ""]
     times = next(iter(results.values()))["one_step"]["t"]
     lines += ["| model | " + " | ".join(f"{t:g}" for t in times) + " |", "|---|" + "---|" * len(times)]
@@ -158,6 +160,9 @@ def main(argv: list[str] | None = None) -> dict:
         label, _, path = spec.partition("=")
         print(f"{label}: {path}", flush=True)
         model = SmoothieModule.load_from_checkpoint(path, map_location="cpu").eval()
+        if args.grid_power is not None:
+            model.sampling = dataclasses.replace(model.sampling, grid_power=args.grid_power)
+            model.sampler = model.sampling.build_sampler()
         results[label] = diagnose(model, sources, references, args)
     (args.out / "diagnosis.json").write_text(json.dumps(results, indent=2) + "\n")
     (args.out / "diagnosis.md").write_text(markdown(results, args))

@@ -6,6 +6,7 @@ config; they have their own modules (``generate_command``, ``export_command``).
 
 from __future__ import annotations
 
+import contextvars
 import os
 import re
 import sys
@@ -233,7 +234,10 @@ def check_checkpoint_file(path: str | None) -> None:
 
 def build_cli(args: list[str] | None = None, run: bool = True) -> SmoothieCLI:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    return SmoothieCLI(
+    # A context of its own: the checkpoint's E and tokenizers a test or predict run takes
+    # (``use_checkpoint_parts``) do not outlive it in a process that runs several commands.
+    return contextvars.copy_context().run(
+        SmoothieCLI,
         SmoothieModule,
         Seq2SeqDataModule,
         subclass_mode_data=True,

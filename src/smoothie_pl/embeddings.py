@@ -99,6 +99,9 @@ def _load_named_tokenizer(name_or_path: str | None) -> PreTrainedTokenizerBase:
     return tokenizer
 
 
+load_tokenizer.cache_clear = _load_named_tokenizer.cache_clear  # what the cached loader offered before
+
+
 def real_token_mask(tokenizer: PreTrainedTokenizerBase, num_rows: int) -> torch.Tensor:
     """True for rows that are real tokens (not ``[unusedN]`` placeholders)."""
     tokens = tokenizer.convert_ids_to_tokens(list(range(num_rows)))

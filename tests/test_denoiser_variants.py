@@ -151,3 +151,32 @@ def test_aligned_source_starts_as_the_plain_denoiser_and_learns_from_the_source(
     assert aligned.denoiser.aligned_source.projection.weight.grad.abs().sum() > 0
     with pytest.raises(ValueError, match="aligned_source needs a source"):
         DenoiserConfig(aligned_source=True, source_encoder="none")
+
+
+def test_source_copy_puts_each_source_token_at_its_target_position(word_model):
+    module = variant_module(word_model, source_skip=True)
+    tokenizer = module.tokenizer
+    ids, _ = encode(module, ["the cat sat"], pad_to=5)  # [CLS] the cat sat [SEP]
+    words = tokenizer.convert_tokens_to_ids(["the", "cat", "sat", "[SEP]"])
+    pad = tokenizer.pad_token_id
+    # Target of 6 positions: the words after [CLS] and the [SEP] that ends decoding, then the pad embedding.
+    expected = module.embedding_matrix[torch.tensor([[*words, pad, pad]])]
+    torch.testing.assert_close(module.pipeline.source_copy(ids), expected)
+    long_ids, _ = encode(module, ["the cat sat on the mat by the door"], pad_to=12)
+    assert module.pipeline.source_copy(long_ids).shape == (1, 6, module.embedding_matrix.shape[1])  # cut to L
+    assert variant_module(word_model).pipeline.source_copy(ids) is None
+
+
+def test_source_skip_adds_the_copy_to_the_plain_prediction(word_model):
+    plain, skipping = variant_module(word_model), variant_module(word_model, source_skip=True)
+    ids, mask = encode(skipping, ["the cat sat on the mat", "love thy neighbour"], pad_to=10)
+    source = skipping.pipeline.encode_source(ids, mask)
+    x_t = torch.randn(2, 6, skipping.embedding_matrix.shape[1])
+    t = torch.full((2,), 0.3)
+    with torch.no_grad():
+        copied = skipping.denoiser(x_t, t, source, mask, source_copy=skipping.pipeline.source_copy(ids))
+        without = plain.denoiser(x_t, t, source, mask)
+    # The skip has no weights: the same seed gives the same denoiser, and the difference is the copy itself.
+    torch.testing.assert_close(copied - without, skipping.pipeline.source_copy(ids))
+    with pytest.raises(ValueError, match="source_skip needs a source"):
+        DenoiserConfig(source_skip=True, source_encoder="none")

@@ -94,7 +94,10 @@ class SmoothieModule(L.LightningModule):
         dim = embedding_matrix.shape[1]
         # Tokenizers by model name, filled when a saved model is loaded (``smoothie_pl.export``), else loaded by name.
         self.saved_tokenizers: dict[str | None, Any] = {}
-        leading = leading_special_tokens(self.source_tokenizer) if denoiser.aligned_source else 0
+        if denoiser.source_skip and source_embedding is not None:
+            raise ValueError("denoiser.source_skip copies source tokens into the target's embedding: it needs source_embedding unset")
+        aligned = denoiser.aligned_source or denoiser.source_skip
+        leading = leading_special_tokens(self.source_tokenizer) if aligned else 0
         self.denoiser = UShapedDenoiser(dim, denoiser, target_length, leading)
         self.denoiser_compiled = compile_denoiser and compile_in_place(self.denoiser)
         source_dim = self.source_embedding_matrix.shape[1] if hasattr(self, "source_embedding_matrix") else dim
@@ -180,14 +183,17 @@ class SmoothieModule(L.LightningModule):
         t = u.pow(self.hparams.train_time_power) * (1 - T_TRAIN_MIN) + T_TRAIN_MIN
         x_t = self.space.noised_input(clean, t, generator)
         source, source_mask = pipeline.encode_source(batch["source_ids"], batch["source_mask"]), batch["source_mask"]
+        source_copy = pipeline.source_copy(batch["source_ids"])
         if self.null_source is not None and self.training:
             drop = torch.rand(clean.shape[0], device=self.device, generator=generator) < self.hparams.cfg_dropout
             source, source_mask = self.null_source(source, source_mask, drop)
+            if source_copy is not None:  # a dropped source is not copied either
+                source_copy = source_copy * (~drop)[:, None, None].to(source_copy.dtype)
         previous = None
         if self.denoiser.config.self_conditioning and torch.rand(1, generator=generator, device=self.device) < 0.5:
             with torch.no_grad():
-                previous = self.denoiser(x_t, t, source, source_mask).float()
-        predicted = self.denoiser(x_t, t, source, source_mask, previous)
+                previous = self.denoiser(x_t, t, source, source_mask, source_copy=source_copy).float()
+        predicted = self.denoiser(x_t, t, source, source_mask, previous, source_copy)
         counted = batch["target_ids"] != self.tokenizer.pad_token_id if self.hparams.masked_loss else None
         loss = position_mean((predicted.float() - clean).pow(2).mean(-1), counted)
         if self.hparams.train_embeddings:

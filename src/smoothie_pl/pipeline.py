@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from smoothie_pl.diffusion import DiffusionSpace, Sampler, StepCallback
@@ -91,6 +92,17 @@ class SmoothiePipeline:
             return self.source_encoder(source_ids, source_mask)
         return self.source_encoder(self.source_embeddings[source_ids], source_mask)
 
+    def source_copy(self, source_ids: torch.Tensor) -> torch.Tensor | None:
+        """Source token ``i`` (after its leading specials) at target position ``i``, as embeddings ``[B, L, d]``.
+
+        ``None`` unless the denoiser has ``source_skip``; past the source's end the pad embedding.
+        """
+        if not self.denoiser.config.source_skip:
+            return None
+        ids = source_ids[:, self.denoiser.leading_source_tokens :][:, : self.target_length]
+        ids = F.pad(ids, (0, self.target_length - ids.shape[1]), value=self.source_tokenizer.pad_token_id)
+        return self.source_embeddings[ids]
+
     def guided_prediction(
         self,
         x_t: torch.Tensor,
@@ -98,9 +110,13 @@ class SmoothiePipeline:
         source: torch.Tensor | None,
         source_mask: torch.Tensor | None,
         previous: torch.Tensor | None,
+        source_copy: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """``e0_c + w (e0_c - e0_u)`` (classifier-free guidance); with ``w = 0`` only the conditional pass runs."""
-        conditional = self.denoiser(x_t, t, source, source_mask, previous).float()
+        """``e0_c + w (e0_c - e0_u)`` (classifier-free guidance); with ``w = 0`` only the conditional pass runs.
+
+        The unconditional pass has no source, so no ``source_copy`` either.
+        """
+        conditional = self.denoiser(x_t, t, source, source_mask, previous, source_copy).float()
         if self.guidance_weight == 0:
             return conditional
         everything = torch.ones(x_t.shape[0], dtype=torch.bool, device=x_t.device)
@@ -135,12 +151,12 @@ class SmoothiePipeline:
         what the sampler re-noises and to the output. ``callback(k, t, x, e0)``
         sees every step (``e0`` as the sampler gets it, i.e. after clamping).
         """
-        source = self.encode_source(source_ids, source_mask)
+        source, source_copy = self.encode_source(source_ids, source_mask), self.source_copy(source_ids)
         previous = None
 
         def denoise(x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
             nonlocal previous
-            previous = self.guided_prediction(x_t, t, source, source_mask, previous)
+            previous = self.guided_prediction(x_t, t, source, source_mask, previous, source_copy)
             return self.clamp_to_vocabulary(previous) if self.clamp else previous
 
         sampler = self.sampler_with(steps)

@@ -146,8 +146,9 @@ class Diagnostics(Callback):
         times = torch.full((size,), t, device=device)
 
         x_t = space.noised_input(clean, times, torch.Generator(device=device).manual_seed(self.seed))
-        source = pl_module.pipeline.encode_source(source_ids, source_mask)
-        predicted = pl_module.denoiser(x_t, times, source, source_mask).float()
+        pipeline = pl_module.pipeline
+        source, source_copy = pipeline.encode_source(source_ids, source_mask), pipeline.source_copy(source_ids)
+        predicted = pl_module.denoiser(x_t, times, source, source_mask, source_copy=source_copy).float()
         mse = F.mse_loss(predicted, clean)
 
         real = target_ids != pl_module.tokenizer.pad_token_id

@@ -36,7 +36,10 @@ class DenoiserConfig:
     zero-initialised projection, ``AlignedSource``): a prior that the target
     keeps the source's word order, which near-copy tasks (modernisation,
     paraphrase, simplification) otherwise learn only after many steps;
-    cross-attention still reads the whole source.
+    cross-attention still reads the whole source. ``source_skip`` adds the
+    source's own token embeddings, position by position, to the prediction
+    (``e0 = f(...) + E[source_i]``): the untrained denoiser copies the source
+    and learns the edits; it needs the target's embedding on the source side.
     """
 
     width: int = 768
@@ -53,6 +56,7 @@ class DenoiserConfig:
     block: str = "postln"
     conditioning: str = "cross_attention"
     aligned_source: bool = False
+    source_skip: bool = False
 
     def __post_init__(self) -> None:
         for name in ("width", "depth", "heads", "self_conditioning_depth"):
@@ -72,8 +76,9 @@ class DenoiserConfig:
             raise ValueError(
                 f"denoiser.conditioning must be one of {list(CONDITIONING_MODES)}, got {self.conditioning!r}"
             )
-        if self.aligned_source and self.source_encoder == "none":
-            raise ValueError("denoiser.aligned_source needs a source: source_encoder is 'none'")
+        for name in ("aligned_source", "source_skip"):
+            if getattr(self, name) and self.source_encoder == "none":
+                raise ValueError(f"denoiser.{name} needs a source: source_encoder is 'none'")
 
     def make_block(self, cross_attention: bool):
         return make_block(
@@ -212,9 +217,10 @@ class UShapedDenoiser(nn.Module):
     def __init__(
         self, embedding_dim: int, config: DenoiserConfig, max_length: int, leading_source_tokens: int = 0
     ) -> None:
-        """``leading_source_tokens``: special tokens the source tokenizer puts first (``aligned_source`` skips them)."""
+        """``leading_source_tokens``: special tokens the source tokenizer puts first (the aligned source skips them)."""
         super().__init__()
         self.config = config
+        self.leading_source_tokens = leading_source_tokens
         width = config.width
         self.input = nn.Linear(embedding_dim, width)
         self.positions = nn.Embedding(max_length, width)
@@ -243,11 +249,14 @@ class UShapedDenoiser(nn.Module):
         source: torch.Tensor | None = None,
         source_mask: torch.Tensor | None = None,
         previous: torch.Tensor | None = None,
+        source_copy: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """``x_t [B, L, d]``, ``t [B]``, encoded ``source [B, Ls, width]`` -> ``e0 [B, L, d]``.
 
         ``previous`` is the self-conditioning input (a detached earlier prediction of ``e0``);
         without it (``None``) self-conditioning adds nothing and its encoder does not run.
+        ``source_copy [B, L, d]`` (``source_skip``: the source's token embeddings at the
+        target positions, ``SmoothiePipeline.source_copy``) is added to the prediction.
         """
         if self.conditional and source is None:
             raise ValueError("this denoiser conditions on a source, but no source encoding was given")
@@ -273,6 +282,8 @@ class UShapedDenoiser(nn.Module):
                 block_input = block_input + additions[i]
             h = block(block_input, padding_mask, source, source_mask)
         output = self.output(self.final_norm(h[:, :length]))
+        if source_copy is not None:
+            output = output + source_copy
         if self.self_conditioning is not None and previous is None and torch.is_grad_enabled():
             output = output + self.self_conditioning.zero_with_every_parameter()
         return output

@@ -63,3 +63,24 @@ def test_word_level_tokenizers_are_joined_too(word_model):
     tokenizer = load_tokenizer(word_model)
     ids = tokenizer.convert_tokens_to_ids(["the", "cat", "sat", "on", "the", "mat"])
     assert ids_to_text(tokenizer, ids) == "the cat sat on the mat"
+
+
+def test_collapse_repeats_keeps_one_word_of_each_run(minilm):
+    # "be ##hold be ##hold" are two equal words of two pieces each; "," "," is a run of stops.
+    tokens = ["and", "be", "##hold", "be", "##hold", ",", ",", "his", "his", "his", "hand", ",", "his", "hand"]
+    ids = minilm.convert_tokens_to_ids(tokens)
+    assert ids_to_text(minilm, ids, collapse_repeats=True) == "and behold, his hand, his hand"
+    assert ids_to_text(minilm, ids) == "and behold behold,, his his his hand, his hand"
+
+
+def test_collapse_repeats_on_a_tokenizer_that_keeps_spaces():
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocabulary = {word: i for i, word in enumerate(["[PAD]", "[UNK]", "the", "cat", "sat."])}
+    backend = Tokenizer(models.WordLevel(vocabulary, unk_token="[UNK]"))
+    backend.pre_tokenizer = pre_tokenizers.WhitespaceSplit()  # spaces kept: decoded through tokenizer.decode
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, pad_token="[PAD]", unk_token="[UNK]")
+    ids = tokenizer("the the cat sat. sat.", add_special_tokens=False)["input_ids"]
+    assert ids_to_text(tokenizer, ids, collapse_repeats=True) == "the cat sat."
+    assert ids_to_text(tokenizer, ids) == "the the cat sat. sat."

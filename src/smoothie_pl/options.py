@@ -29,7 +29,8 @@ class SamplingConfig(OptionGroup):
     fluent); ``grid_power`` bends the time grid, ``t_k = (1 - k / N) ** p``
     (1 is the paper's uniform grid; above 1 puts more steps at small t); ``guidance_weight`` needs a model trained with ``cfg_dropout``;
     ``clamp`` snaps predictions to vocabulary rows; ``mbr_candidates`` samples
-    per source, chosen among by ``mbr_utility``; ``recase`` takes capitals from the source.
+    per source, chosen among by ``mbr_utility``; ``recase`` takes capitals from the source;
+    ``collapse_repeats`` keeps one word of each run of equal words in the decoded text.
     """
 
     argument = "sampling"
@@ -42,6 +43,7 @@ class SamplingConfig(OptionGroup):
     mbr_candidates: int = ranged(1, at_least(1))
     mbr_utility: str = ranged("bleu", one_of(("bleu", "rougeL")))
     recase: bool = False
+    collapse_repeats: bool = False
 
     def build_sampler(self) -> Sampler:
         grid = "uniform" if self.grid_power == 1 else PowerGrid(self.grid_power)
@@ -49,7 +51,7 @@ class SamplingConfig(OptionGroup):
 
     def pipeline_options(self) -> dict[str, Any]:
         """The rest, as ``SmoothiePipeline`` takes them."""
-        keys = ("guidance_weight", "clamp", "mbr_candidates", "mbr_utility", "recase")
+        keys = ("guidance_weight", "clamp", "mbr_candidates", "mbr_utility", "recase", "collapse_repeats")
         return {key: getattr(self, key) for key in keys}
 
 

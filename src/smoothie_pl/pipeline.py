@@ -51,6 +51,7 @@ class SmoothiePipeline:
         clamp: snap each prediction to its nearest vocabulary row before re-noising and at the end.
         mbr_candidates, mbr_utility: samples per source and the utility of the MBR choice.
         recase: take capitals from the source (for uncased vocabularies).
+        collapse_repeats: one word of each run of equal words in the decoded text.
     """
 
     def __init__(
@@ -71,6 +72,7 @@ class SmoothiePipeline:
         mbr_candidates: int = 1,
         mbr_utility: str = "bleu",
         recase: bool = False,
+        collapse_repeats: bool = False,
     ) -> None:
         self.space, self.denoiser, self.vocabulary = space, denoiser, vocabulary
         self.tokenizer, self.source_tokenizer = tokenizer, source_tokenizer
@@ -79,6 +81,7 @@ class SmoothiePipeline:
         self.source_encoder, self.source_embeddings, self.null_source = source_encoder, source_embeddings, null_source
         self.guidance_weight, self.clamp = guidance_weight, clamp
         self.mbr_candidates, self.mbr_utility, self.recase = mbr_candidates, mbr_utility, recase
+        self.collapse_repeats = collapse_repeats
 
     @property
     def device(self) -> torch.device:
@@ -165,7 +168,7 @@ class SmoothiePipeline:
     def decode(self, embeddings: torch.Tensor) -> list[str]:
         """Texts of predicted embeddings: nearest rows, cut at the end token, specials dropped."""
         token_ids = self.vocabulary[self.space.decode(embeddings)]
-        return [ids_to_text(self.tokenizer, row) for row in token_ids.tolist()]
+        return [ids_to_text(self.tokenizer, row, self.collapse_repeats) for row in token_ids.tolist()]
 
     def generate_candidates(
         self,

@@ -6,8 +6,12 @@ import re
 from collections.abc import Sequence
 
 
-def ids_to_text(tokenizer, ids: Sequence[int]) -> str:
-    """Cut at the first end token (SEP/EOS), drop special and padding tokens, detokenise."""
+def ids_to_text(tokenizer, ids: Sequence[int], collapse_repeats: bool = False) -> str:
+    """Cut at the first end token (SEP/EOS), drop special and padding tokens, detokenise.
+
+    ``collapse_repeats`` keeps one of each run of equal words ("his his his hand" -> "his hand"):
+    positions decoded independently repeat a word that belongs at one of them.
+    """
     end_ids = {i for i in (tokenizer.sep_token_id, tokenizer.eos_token_id) if i is not None}
     special = set(tokenizer.all_special_ids)
     kept = []
@@ -17,6 +21,7 @@ def ids_to_text(tokenizer, ids: Sequence[int]) -> str:
         if token not in special:
             kept.append(token)
     if not splits_punctuation(tokenizer):
+        kept = without_repeats(kept) if collapse_repeats else kept
         return tokenizer.decode(kept, clean_up_tokenization_spaces=True).strip()
     words: list[str] = []
     for token in tokenizer.convert_ids_to_tokens(kept):
@@ -24,7 +29,12 @@ def ids_to_text(tokenizer, ids: Sequence[int]) -> str:
             words[-1] += token[2:]  # a WordPiece continuation
         else:
             words.append(token)
-    return join_words(words)
+    return join_words(without_repeats(words) if collapse_repeats else words)
+
+
+def without_repeats(items: list) -> list:
+    """The items with each run of equal neighbours cut to its first."""
+    return [item for i, item in enumerate(items) if i == 0 or item != items[i - 1]]
 
 
 PUNCTUATION_SPLITTERS = ("BertPreTokenizer", "Whitespace")

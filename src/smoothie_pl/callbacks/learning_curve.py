@@ -68,7 +68,7 @@ class LearningCurve(Callback):
         if "val/loss" in self.validation and self.validation["val/loss"]:
             loss_axis.plot(*zip(*self.validation["val/loss"]), "o-", color="C0", label="val/loss")
         loss_axis.set_xlabel("optimiser step")
-        loss_axis.set_ylabel("x0 loss")
+        loss_axis.set_ylabel("loss (x0 MSE plus any extra terms)")
         loss_axis.set_yscale("log")
         lines, labels = loss_axis.get_legend_handles_labels()
         others = [name for name in self.metrics if name != "val/loss" and self.validation.get(name)]

@@ -29,9 +29,9 @@ def record_denoiser_calls(module: SmoothieModule, monkeypatch) -> list[dict]:
     """Replace the denoiser's forward by a spy that records every call's inputs and output."""
     calls, forward = [], module.denoiser.forward
 
-    def spy(x_t, t, source=None, source_mask=None, previous=None):
-        output = forward(x_t, t, source, source_mask, previous)
-        calls.append(dict(source=source, source_mask=source_mask, previous=previous, output=output))
+    def spy(x_t, t, source=None, source_mask=None, previous=None, source_copy=None):
+        output = forward(x_t, t, source, source_mask, previous, source_copy)
+        calls.append(dict(source=source, source_mask=source_mask, previous=previous, source_copy=source_copy, output=output))
         return output
 
     monkeypatch.setattr(module.denoiser, "forward", spy)

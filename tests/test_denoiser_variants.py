@@ -180,3 +180,5 @@ def test_source_skip_adds_the_copy_to_the_plain_prediction(word_model):
     torch.testing.assert_close(copied - without, skipping.pipeline.source_copy(ids))
     with pytest.raises(ValueError, match="source_skip needs a source"):
         DenoiserConfig(source_skip=True, source_encoder="none")
+    with pytest.raises(ValueError, match="source_skip copies source tokens into the target's embedding"):
+        SmoothieModule(embedding=word_model, source_embedding=word_model, denoiser=DenoiserConfig(source_skip=True))

@@ -70,7 +70,7 @@ class SmoothieModule(L.LightningModule):
         denoiser, self.sampling, self.optim, self.evaluation = groups.values()
         check_model_options(
             space, token_head, vocab_attention, train_embeddings, target_length, source_length, vocab_dtype,
-            cfg_dropout, self.sampling, denoiser,
+            cfg_dropout, self.sampling, denoiser, source_embedding,
         )  # fmt: skip
         schedule = build_schedule(schedule, SPACES[space].default_schedule.name)
         self.save_hyperparameters(ignore=["vocabulary", "schedule", *groups])
@@ -94,8 +94,6 @@ class SmoothieModule(L.LightningModule):
         dim = embedding_matrix.shape[1]
         # Tokenizers by model name, filled when a saved model is loaded (``smoothie_pl.export``), else loaded by name.
         self.saved_tokenizers: dict[str | None, Any] = {}
-        if denoiser.source_skip and source_embedding is not None:
-            raise ValueError("denoiser.source_skip copies source tokens into the target's embedding: it needs source_embedding unset")
         aligned = denoiser.aligned_source or denoiser.source_skip
         leading = leading_special_tokens(self.source_tokenizer) if aligned else 0
         self.denoiser = UShapedDenoiser(dim, denoiser, target_length, leading)

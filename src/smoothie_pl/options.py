@@ -98,6 +98,7 @@ def check_model_options(
     cfg_dropout: float,
     sampling: SamplingConfig,
     denoiser: DenoiserConfig,
+    source_embedding: str | None = None,
 ) -> None:
     """Raise ``ValueError`` naming the option when a combination cannot work."""
     if space not in SPACES:
@@ -117,6 +118,11 @@ def check_model_options(
         raise ValueError(f"cfg_dropout must be in [0, 1), got {cfg_dropout}")
     if cfg_dropout > 0 and denoiser.source_encoder == "none":
         raise ValueError("cfg_dropout drops the source, but denoiser.source_encoder is 'none' (unconditional)")
+    if denoiser.source_skip and source_embedding is not None:
+        raise ValueError(
+            f"denoiser.source_skip copies source tokens into the target's embedding, but source_embedding is "
+            f"{source_embedding!r}: leave it unset"
+        )
     if sampling.guidance_weight != 0 and cfg_dropout == 0:
         raise ValueError(
             f"sampling.guidance_weight {sampling.guidance_weight} needs a model trained with cfg_dropout > 0: "

@@ -11,12 +11,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from smoothie_pl.diffusion import DiffusionSpace, Sampler, StepCallback
 from smoothie_pl.metrics.mbr import mbr_select
 from smoothie_pl.models import NullSource, PretrainedSourceEncoder, UShapedDenoiser
+from smoothie_pl.models.denoiser import at_target_positions
 from smoothie_pl.text import ids_to_text, recase_from_source
 from smoothie_pl.trajectory import TrajectoryRecorder, chain
 
@@ -102,9 +102,8 @@ class SmoothiePipeline:
         """
         if not self.denoiser.config.source_skip:
             return None
-        ids = source_ids[:, self.denoiser.leading_source_tokens :][:, : self.target_length]
-        ids = F.pad(ids, (0, self.target_length - ids.shape[1]), value=self.source_tokenizer.pad_token_id)
-        return self.source_embeddings[ids]
+        offset, pad = self.denoiser.leading_source_tokens, self.source_tokenizer.pad_token_id
+        return self.source_embeddings[at_target_positions(source_ids, offset, self.target_length, pad)]
 
     def guided_prediction(
         self,

@@ -144,6 +144,12 @@ class SelfConditioning(nn.Module):
         return sum(parameter.sum() for parameter in self.parameters()) * 0.0
 
 
+def at_target_positions(source: torch.Tensor, offset: int, length: int, fill: float = 0) -> torch.Tensor:
+    """Source position ``i + offset`` at target position ``i``: ``[B, Ls, ...]`` cut or filled to ``length``."""
+    cut = source[:, offset : offset + length]
+    return F.pad(cut, (0, 0) * (cut.dim() - 2) + (0, length - cut.shape[1]), value=fill)
+
+
 class AlignedSource(nn.Module):
     """The encoded source token ``i + offset`` at target position ``i`` (zero past its end), projected.
 
@@ -167,9 +173,7 @@ class AlignedSource(nn.Module):
         """``source [B, Ls, width]``, key mask ``[B, Ls]`` -> ``[B, length, width]``."""
         if source_mask is not None:
             source = source * source_mask[..., None].to(source.dtype)
-        source = source[:, self.offset : self.offset + length]
-        source = F.pad(source, (0, 0, 0, length - source.shape[1]))
-        return self.projection(source)
+        return self.projection(at_target_positions(source, self.offset, length))
 
 
 class PretrainedSourceEncoder(nn.Module):

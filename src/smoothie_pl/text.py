@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
+from itertools import groupby
 
 
 def ids_to_text(tokenizer, ids: Sequence[int], collapse_repeats: bool = False) -> str:
@@ -34,7 +35,7 @@ def ids_to_text(tokenizer, ids: Sequence[int], collapse_repeats: bool = False) -
 
 def without_repeats(items: list) -> list:
     """The items with each run of equal neighbours cut to its first."""
-    return [item for i, item in enumerate(items) if i == 0 or item != items[i - 1]]
+    return [item for item, _ in groupby(items)]
 
 
 PUNCTUATION_SPLITTERS = ("BertPreTokenizer", "Whitespace")

@@ -4,9 +4,11 @@ import torch
 
 from smoothie_pl.callbacks import SmoothieEMA
 from smoothie_pl.callbacks.ema import warmup_decay
+from smoothie_pl.config_checks import config_errors
 from smoothie_pl.data import JsonlDataModule
 from smoothie_pl.models import DenoiserConfig
 from smoothie_pl.module import SmoothieModule
+from smoothie_pl.options import OptimConfig
 from smoothie_pl.pipeline import SmoothiePipeline
 
 from .conftest import PAIRS
@@ -44,6 +46,29 @@ def test_warmup_then_constant_learning_rate(word_model):
     assert rates[0] == pytest.approx(1e-8)
     assert rates[5] == pytest.approx(1e-8 + (1e-3 - 1e-8) * 5 / 10)
     assert rates[10:] == pytest.approx([1e-3] * 5)
+
+
+def test_warmup_then_linear_decay_learning_rate(word_model):
+    # Up over 4 steps to 1e-3, down to 1e-4 at step 10 (0.9e-3 over 6 steps), then held.
+    module = tiny_module(
+        word_model, optim={"lr": 1e-3, "warmup_steps": 4, "warmup_start_lr": 0.0, "decay_steps": 10, "final_lr": 1e-4}
+    )
+    scheduler = module.configure_optimizers()["lr_scheduler"]["scheduler"]
+    rates = []
+    for _ in range(13):
+        rates.append(scheduler.get_last_lr()[0])
+        scheduler.optimizer.step()
+        scheduler.step()
+    expected = [0.0, 2.5e-4, 5e-4, 7.5e-4, 1e-3, 8.5e-4, 7e-4, 5.5e-4, 4e-4, 2.5e-4, 1e-4, 1e-4, 1e-4]
+    assert rates == pytest.approx(expected)
+
+
+def test_decay_must_end_after_the_warm_up(word_model):
+    with pytest.raises(ValueError, match="optim.decay_steps 100 must be 0 .* above optim.warmup_steps 200"):
+        tiny_module(word_model, optim=OptimConfig(warmup_steps=200, decay_steps=100))
+    config = {"model": {"optim": {"warmup_steps": 200, "decay_steps": 100}}}
+    assert [error.split(":")[0] for error in config_errors(config)] == ["model.optim.decay_steps = 100"]
+    assert config_errors({"model": {"optim": {"warmup_steps": 200, "decay_steps": 400}}}) == []
 
 
 def test_embedding_matrix_gets_no_gradient(word_model, pairs_dir):

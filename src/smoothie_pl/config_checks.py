@@ -45,6 +45,10 @@ RULES: dict[str, Allowed] = {
     "model.decoding_loss_weight": at_least(0),
     "model.train_time_power": above(0),
     **{f"model.{group.argument}.{key}": allowed for group in OPTION_GROUPS for key, allowed in group.rules().items()},
+    "model.optim.decay_steps": Allowed(
+        ">= 0, and 0 (no decay) or above model.optim.warmup_steps (the decay starts where the warm-up ends)",
+        lambda value, lookup: value == 0 or value > lookup("model.optim.warmup_steps"),
+    ),
     "model.denoiser.width": at_least(1),
     "model.denoiser.depth": Allowed("an even number >= 2", lambda value, _: value >= 2 and value % 2 == 0),
     "model.denoiser.heads": Allowed(

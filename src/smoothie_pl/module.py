@@ -70,7 +70,7 @@ class SmoothieModule(L.LightningModule):
         denoiser, self.sampling, self.optim, self.evaluation = groups.values()
         check_model_options(
             space, token_head, vocab_attention, train_embeddings, target_length, source_length, vocab_dtype,
-            cfg_dropout, self.sampling, denoiser, source_embedding,
+            cfg_dropout, self.sampling, denoiser, source_embedding, self.optim,
         )  # fmt: skip
         schedule = build_schedule(schedule, SPACES[space].default_schedule.name)
         self.save_hyperparameters(ignore=["vocabulary", "schedule", *groups])

@@ -57,7 +57,12 @@ class SamplingConfig(OptionGroup):
 
 @dataclass(frozen=True)
 class OptimConfig(OptionGroup):
-    """AdamW, with a linear warm-up from ``warmup_start_lr`` to ``lr`` over ``warmup_steps`` (METHOD section 7)."""
+    """AdamW, with a linear warm-up from ``warmup_start_lr`` to ``lr`` over ``warmup_steps`` (METHOD section 7).
+
+    The paper then holds ``lr``; ``decay_steps > 0`` instead lowers it linearly
+    from the end of the warm-up to ``final_lr`` at step ``decay_steps`` (and
+    holds ``final_lr`` after): a short run ends on small steps, not mid-stride.
+    """
 
     argument = "optim"
     lr: float = ranged(2e-4, above(0))
@@ -66,6 +71,9 @@ class OptimConfig(OptionGroup):
     weight_decay: float = ranged(0.01, at_least(0))
     warmup_steps: int = ranged(5000, at_least(0))
     warmup_start_lr: float = ranged(1e-8, at_least(0))
+    decay_steps: int = ranged(0, at_least(0))
+    final_lr: float = ranged(0.0, at_least(0))
+
 
 
 @dataclass(frozen=True)
@@ -99,6 +107,7 @@ def check_model_options(
     sampling: SamplingConfig,
     denoiser: DenoiserConfig,
     source_embedding: str | None = None,
+    optim: OptimConfig | None = None,
 ) -> None:
     """Raise ``ValueError`` naming the option when a combination cannot work."""
     if space not in SPACES:
@@ -122,6 +131,11 @@ def check_model_options(
         raise ValueError(
             f"denoiser.source_skip copies source tokens into the target's embedding, but source_embedding is "
             f"{source_embedding!r}: leave it unset"
+        )
+    if optim is not None and 0 < optim.decay_steps <= optim.warmup_steps:
+        raise ValueError(
+            f"optim.decay_steps {optim.decay_steps} must be 0 (no decay) or above "
+            f"optim.warmup_steps {optim.warmup_steps}: the decay starts where the warm-up ends"
         )
     if sampling.guidance_weight != 0 and cfg_dropout == 0:
         raise ValueError(

@@ -35,14 +35,19 @@ def test_ema_warmup_follows_the_paper():
     assert warmup_decay(0.9, 10_000) == 0.9
 
 
-def test_warmup_then_constant_learning_rate(word_model):
-    module = tiny_module(word_model, optim={"lr": 1e-3, "warmup_steps": 10, "warmup_start_lr": 1e-8})
+def learning_rates(module: SmoothieModule, steps: int) -> list[float]:
+    """The rate of each of the first ``steps`` optimiser steps under the module's scheduler."""
     scheduler = module.configure_optimizers()["lr_scheduler"]["scheduler"]
     rates = []
-    for _ in range(15):
+    for _ in range(steps):
         rates.append(scheduler.get_last_lr()[0])
         scheduler.optimizer.step()
         scheduler.step()
+    return rates
+
+
+def test_warmup_then_constant_learning_rate(word_model):
+    rates = learning_rates(tiny_module(word_model, optim={"lr": 1e-3, "warmup_steps": 10, "warmup_start_lr": 1e-8}), 15)
     assert rates[0] == pytest.approx(1e-8)
     assert rates[5] == pytest.approx(1e-8 + (1e-3 - 1e-8) * 5 / 10)
     assert rates[10:] == pytest.approx([1e-3] * 5)
@@ -53,14 +58,8 @@ def test_warmup_then_linear_decay_learning_rate(word_model):
     module = tiny_module(
         word_model, optim={"lr": 1e-3, "warmup_steps": 4, "warmup_start_lr": 0.0, "decay_steps": 10, "final_lr": 1e-4}
     )
-    scheduler = module.configure_optimizers()["lr_scheduler"]["scheduler"]
-    rates = []
-    for _ in range(13):
-        rates.append(scheduler.get_last_lr()[0])
-        scheduler.optimizer.step()
-        scheduler.step()
     expected = [0.0, 2.5e-4, 5e-4, 7.5e-4, 1e-3, 8.5e-4, 7e-4, 5.5e-4, 4e-4, 2.5e-4, 1e-4, 1e-4, 1e-4]
-    assert rates == pytest.approx(expected)
+    assert learning_rates(module, 13) == pytest.approx(expected)
 
 
 def test_decay_must_end_after_the_warm_up(word_model):

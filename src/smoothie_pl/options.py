@@ -75,7 +75,6 @@ class OptimConfig(OptionGroup):
     final_lr: float = ranged(0.0, at_least(0))
 
 
-
 @dataclass(frozen=True)
 class EvalConfig(OptionGroup):
     """What ``smoothie test`` scores (a set of ``metrics.METRIC_SETS`` with its options) and ``predict`` writes."""

@@ -12,7 +12,10 @@ chooses how to average them (e.g. over real tokens only). Neither holds a
 from __future__ import annotations
 
 import torch
+from torch.autograd.function import once_differentiable
 from torch.utils.checkpoint import checkpoint
+
+from smoothie_pl.diffusion.vocab_attention import distance_cross_entropy
 
 
 def prior_matching_loss(
@@ -99,6 +102,25 @@ def vocabulary_rows(vocabulary: torch.Tensor, target_ids: torch.Tensor) -> tuple
     return rows, (vocabulary[rows] == flat_ids).view(target_ids.shape)
 
 
+class _PredictionCrossEntropy(torch.autograd.Function):
+    """``distance_cross_entropy`` as an autograd function: the gradient comes from the forward pass."""
+
+    @staticmethod
+    def forward(ctx, predicted, rows, embeddings, half_sq_norms, sigma0, chunk_size):
+        loss, gradient = distance_cross_entropy(
+            predicted.float(), rows, embeddings, sigma0=sigma0, chunk_size=chunk_size, half_sq_norms=half_sq_norms
+        )
+        ctx.save_for_backward(gradient)
+        ctx.input_dtype = predicted.dtype
+        return loss
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, loss_gradient):
+        (gradient,) = ctx.saved_tensors
+        return (loss_gradient[:, None] * gradient).to(ctx.input_dtype), None, None, None, None, None
+
+
 def prediction_decoding_loss(
     space,
     vocabulary: torch.Tensor,
@@ -110,12 +132,14 @@ def prediction_decoding_loss(
     """``-log softmax_j(D0(e0_hat)_j)[true token]``, averaged over the counted positions the vocabulary holds.
 
     It sharpens blurred predictions, which nearest-embedding decoding turns
-    into the frequent short words nearest their centroid.
+    into the frequent short words nearest their centroid. The space's ``E`` is
+    fixed here (a trained one is a detached copy), so the gradient is taken in
+    the same pass as the loss (``distance_cross_entropy``).
     """
     rows, known = vocabulary_rows(vocabulary, target_ids)
     sigma0 = getattr(space, "sigma0", 1.0)
     flat = predicted.reshape(-1, predicted.shape[-1])
-    per_position = decoding_cross_entropy(flat, rows, space.embeddings, 1.0, 0.0, sigma0, 0, chunk_size)
+    per_position = _PredictionCrossEntropy.apply(flat, rows, space.embeddings, space.half_sq_norms, sigma0, chunk_size)
     return position_mean(per_position.view(target_ids.shape), known if counted is None else known & counted)
 
 

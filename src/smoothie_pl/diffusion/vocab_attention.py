@@ -45,12 +45,12 @@ def _noisy_chunks(
     fill_clean_logits: Callable[[int, torch.Tensor, torch.Tensor], None],
     n: int,
     embeddings: torch.Tensor,
-    std: torch.Tensor,
+    std: torch.Tensor | None,
     generator: torch.Generator | None,
     chunk_size: int,
     compute_dtype: torch.dtype,
 ) -> Iterator[tuple[int, torch.Tensor, torch.Tensor]]:
-    """``(start, rows, clean + std * eps)`` chunk by chunk: the one place the noise is drawn.
+    """``(start, rows, clean + std * eps)`` chunk by chunk: the one place the noise is drawn (none if ``std`` is ``None``).
 
     ``fill_clean_logits(start, rows, out)`` writes a chunk's clean logits into
     ``out`` (fp32 ``[n, chunk]``). Chunk ``c`` takes ``[n, chunk]`` normals from
@@ -64,16 +64,18 @@ def _noisy_chunks(
     _check_chunk_size(chunk_size)
     device = embeddings.device
     width = min(chunk_size, embeddings.shape[0])
-    noise_scale = std.float().unsqueeze(1)
     logits_buffer = torch.empty(n * width, device=device)
-    noise_buffer = torch.empty(n * width, device=device)
+    if std is not None:
+        noise_scale = std.float().unsqueeze(1)
+        noise_buffer = torch.empty(n * width, device=device)
     with torch.autocast(device_type=device.type, enabled=False):
         for start in range(0, embeddings.shape[0], chunk_size):
             rows = embeddings[start : start + chunk_size].to(compute_dtype)
             logits = _chunk_view(logits_buffer, n, rows.shape[0])
             fill_clean_logits(start, rows, logits)
-            noise = _chunk_view(noise_buffer, n, rows.shape[0]).normal_(generator=generator)
-            logits.addcmul_(noise, noise_scale)
+            if std is not None:
+                noise = _chunk_view(noise_buffer, n, rows.shape[0]).normal_(generator=generator)
+                logits.addcmul_(noise, noise_scale)
             yield start, rows, logits
 
 
@@ -81,7 +83,7 @@ def noisy_logit_chunks(
     query: torch.Tensor,
     embeddings: torch.Tensor,
     mu: torch.Tensor,
-    std: torch.Tensor,
+    std: torch.Tensor | None,
     *,
     sigma0: float,
     generator: torch.Generator | None = None,
@@ -92,7 +94,7 @@ def noisy_logit_chunks(
     """``(start, rows, logits)`` for each vocabulary chunk, logits ``mu * D0 + std * eps`` up to a per-row shift.
 
     ``rows`` is the chunk of ``E`` in ``compute_dtype``; logits are fp32 and
-    reuse one buffer (see :func:`_noisy_chunks`).
+    reuse one buffer (see :func:`_noisy_chunks`); ``std=None`` draws no noise.
     """
     compute_dtype = compute_dtype or embeddings.dtype
     if half_sq_norms is None:
@@ -148,6 +150,14 @@ def softmax_readout(chunks: Iterable[tuple[int, torch.Tensor, torch.Tensor]]) ->
 
     Consumes (overwrites) each chunk's logits.
     """
+    _, running_sum, acc = _online_softmax(chunks)
+    return acc.div_(running_sum)
+
+
+def _online_softmax(
+    chunks: Iterable[tuple[int, torch.Tensor, torch.Tensor]],
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Over all chunks: the logits' max ``m``, ``sum_j exp(l_j - m)`` and ``sum_j exp(l_j - m) E_j`` (fp32)."""
     running_max = running_sum = acc = probs_buffer = None
     for _, rows, logits in chunks:
         with torch.autocast(device_type=logits.device.type, enabled=False):
@@ -167,7 +177,43 @@ def softmax_readout(chunks: Iterable[tuple[int, torch.Tensor, torch.Tensor]]) ->
                     probs_buffer = torch.empty(logits.numel(), dtype=rows.dtype, device=logits.device)
                 acc.add_(_chunk_view(probs_buffer, *probs.shape).copy_(probs) @ rows)
             running_max = new_max
-    return acc.div_(running_sum)
+    return running_max, running_sum, acc
+
+
+@torch.no_grad()
+def distance_cross_entropy(
+    query: torch.Tensor,
+    targets: torch.Tensor,
+    embeddings: torch.Tensor,
+    *,
+    sigma0: float,
+    chunk_size: int = DEFAULT_CHUNK_SIZE,
+    half_sq_norms: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``-log softmax_j(D0(q)_j)[target]`` for every query row, ``[N]``, and its gradient in the query, ``[N, d]``.
+
+    With logits ``l_j = (q . E_j - |E_j|^2 / 2) / sigma0^2`` the gradient is
+    ``(sum_j p_j E_j - E_target) / sigma0^2``: the softmax read-out of the
+    model input, so one pass over ``E`` (two matmuls per chunk) gives both,
+    and backward needs neither the ``[N, V]`` logits nor their recomputation.
+    """
+    true_logits = torch.zeros(query.shape[0], device=query.device)
+
+    def recording_true_logits(chunks):
+        for start, rows, logits in chunks:
+            inside = (targets >= start) & (targets < start + rows.shape[0])
+            local = (targets - start).clamp(0, rows.shape[0] - 1)
+            true_logits.add_(torch.where(inside, logits.gather(1, local[:, None]).squeeze(1), 0.0))
+            yield start, rows, logits
+
+    ones = torch.ones(query.shape[0], device=query.device)
+    chunks = noisy_logit_chunks(
+        query, embeddings, ones, None, sigma0=sigma0, chunk_size=chunk_size, half_sq_norms=half_sq_norms
+    )
+    running_max, running_sum, acc = _online_softmax(recording_true_logits(chunks))
+    loss = (running_max + running_sum.log()).squeeze(1) - true_logits
+    gradient = (acc.div_(running_sum) - embeddings[targets].float()).div_(sigma0**2)
+    return loss, gradient
 
 
 @torch.no_grad()

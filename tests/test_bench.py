@@ -12,9 +12,9 @@ BENCH = Path(__file__).resolve().parents[1] / "experiments" / "bench"
 SRC = Path(__file__).resolve().parents[1] / "src"
 
 
-def run_tiny(script: str, out: Path) -> dict:
+def run_tiny(script: str, out: Path, *options: str) -> dict:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(SRC), os.environ.get("PYTHONPATH", "")])}
-    subprocess.run([sys.executable, str(BENCH / script), "--tiny", "--out", str(out)], check=True, env=env,
+    subprocess.run([sys.executable, str(BENCH / script), "--tiny", "--out", str(out), *options], check=True, env=env,
                    capture_output=True, text=True)
     name = Path(script).stem
     assert (out / f"{name}_tiny.md").read_text().count("\n") >= 3  # header, rule and at least one row
@@ -65,3 +65,14 @@ def test_scaling_bench_draws_its_plot(tmp_path):
     for records in result["results"].values():
         assert_measured(records)
     assert (tmp_path / "scaling_tiny.png").stat().st_size > 1000
+
+
+@pytest.mark.slow
+def test_demo_recipe_bench_times_the_windows_and_both_cross_entropy_paths(tmp_path):
+    pytest.importorskip("pythonbible", reason="the demo's Bible pairs come from pythonbible (the demo extra)")
+    result = run_tiny("demo_recipe.py", tmp_path, "--data-dir", str(tmp_path / "bible"))
+    shipped, windowed = result["steps"]
+    assert "error" not in shipped and "error" not in windowed
+    assert shipped["mean_width"] == 64 and windowed["mean_width"] < 64  # most verses are far shorter than 64 tokens
+    assert [record["path"] for record in result["cross_entropy"]] == ["checkpointed", "one pass"]
+    assert all(record["seconds"] > 0 for record in result["cross_entropy"])

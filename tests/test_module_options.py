@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from smoothie_pl.diffusion.embedding_losses import decoding_cross_entropy, prior_matching_loss
+from smoothie_pl.diffusion.embedding_losses import decoding_cross_entropy, prediction_decoding_loss, prior_matching_loss
 from smoothie_pl.errors import CheckpointMismatchError
 from smoothie_pl.models import DenoiserConfig
 from smoothie_pl.module import SmoothieModule
@@ -29,9 +29,12 @@ def record_denoiser_calls(module: SmoothieModule, monkeypatch) -> list[dict]:
     """Replace the denoiser's forward by a spy that records every call's inputs and output."""
     calls, forward = [], module.denoiser.forward
 
-    def spy(x_t, t, source=None, source_mask=None, previous=None, source_copy=None):
-        output = forward(x_t, t, source, source_mask, previous, source_copy)
-        calls.append(dict(source=source, source_mask=source_mask, previous=previous, source_copy=source_copy, output=output))
+    def spy(x_t, t, source=None, source_mask=None, previous=None, source_copy=None, target_mask=None):
+        output = forward(x_t, t, source, source_mask, previous, source_copy, target_mask)
+        calls.append(dict(
+            x_t=x_t, source=source, source_mask=source_mask, previous=previous, source_copy=source_copy,
+            target_mask=target_mask, output=output,
+        ))  # fmt: skip
         return output
 
     monkeypatch.setattr(module.denoiser, "forward", spy)
@@ -230,6 +233,32 @@ def test_decoding_cross_entropy_matches_the_full_softmax_and_its_gradient():
         return decoding_cross_entropy(clean, rows, vocab, mu, 0.0, sigma0, seed=0, chunk_size=chunk_size)
 
     torch.testing.assert_close(noiseless(3), noiseless(10))
+
+
+@pytest.mark.parametrize("chunk_size", [3, 7, 50])
+def test_prediction_decoding_loss_gradient_matches_autograd_of_the_full_softmax(chunk_size):
+    """The gradient taken in the forward pass, ``(E_p[E_j] - E_true) / sigma0^2``, against float64 autograd."""
+
+    class Space:
+        sigma0 = 1.5
+        embeddings = torch.randn(20, 6, generator=torch.Generator().manual_seed(0)) * 2
+        half_sq_norms = embeddings.pow(2).sum(-1) / 2
+
+    vocabulary = torch.arange(100, 120)
+    target_ids = torch.tensor([[100, 119, 107], [113, 113, 101]])
+    predicted = torch.randn(2, 3, 6, generator=torch.Generator().manual_seed(1), requires_grad=True)
+    weights = torch.tensor([[1.0, 2.0, -1.0], [0.5, 3.0, 1.0]])
+    counted = torch.tensor([[True, True, False], [True, False, True]])  # a non-uniform upstream gradient
+    loss = prediction_decoding_loss(Space, vocabulary, predicted * weights[..., None], target_ids, counted, chunk_size)
+    (gradient,) = torch.autograd.grad(loss, predicted)
+
+    exact = predicted.detach().double().requires_grad_()
+    distances = ((exact * weights[..., None].double())[:, :, None, :] - Space.embeddings.double()).pow(2).sum(-1)
+    log_probs = torch.log_softmax(-distances / (2 * Space.sigma0**2), dim=-1)
+    expected_loss = -log_probs.gather(-1, (target_ids - 100)[..., None]).squeeze(-1)[counted].mean()
+    (expected_gradient,) = torch.autograd.grad(expected_loss, exact)
+    torch.testing.assert_close(loss.double(), expected_loss, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(gradient.double(), expected_gradient, rtol=1e-4, atol=1e-6)
 
 
 def test_trained_embeddings_are_optimised_with_the_two_extra_losses(word_model, pairs_dir, monkeypatch):

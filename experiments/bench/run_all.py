@@ -3,7 +3,7 @@
     PYTHONPATH=src python experiments/bench/run_all.py            # the full tables (about 30 minutes on 2 quiet cores)
     PYTHONPATH=src python experiments/bench/run_all.py --tiny     # smoke run
 
-Writes experiments/bench/results/{vocab_op,vocab_op_busy1,train_step,sampling,scaling}.{json,md},
+Writes experiments/bench/results/{vocab_op,vocab_op_busy1,train_step,demo_recipe,sampling,scaling}.{json,md},
 scaling.png and tables.md (with the machine and the date).
 """
 
@@ -27,6 +27,7 @@ BENCHMARKS = [
     ("vocab_op", ["--busy", "1", *BUSY_CASE], ["--busy", "1"],
      "The vocabulary operation beside a busy-loop process (busy-machine mode)"),
     ("train_step", [], [], "A training step"),
+    ("demo_recipe", [], [], "The demo's training step on Bible batches, and its decoding cross-entropy"),
     ("sampling", [], [], "Sampling"),
     ("scaling", [], [], "Growth with V and with positions (plot: scaling.png)"),
 ]

@@ -44,6 +44,10 @@ RULES: dict[str, Allowed] = {
     "model.vocab_dtype": one_of(DTYPES),
     "model.decoding_loss_weight": at_least(0),
     "model.train_time_power": above(0),
+    "model.length_from_source": Allowed(
+        ">= 0, with a source (model.denoiser.source_encoder not 'none')",
+        lambda value, lookup: value >= 0 and lookup("model.denoiser.source_encoder") != "none",
+    ),
     **{f"model.{group.argument}.{key}": allowed for group in OPTION_GROUPS for key, allowed in group.rules().items()},
     "model.optim.decay_steps": Allowed(
         ">= 0, and 0 (no decay) or above model.optim.warmup_steps (the decay starts where the warm-up ends)",

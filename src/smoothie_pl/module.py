@@ -48,6 +48,7 @@ class SmoothieModule(L.LightningModule):
         masked_loss: bool = False,
         decoding_loss_weight: float = 0.0,
         train_time_power: float = 1.0,
+        length_from_source: int | None = None,
         cfg_dropout: float = 0.0,
         vocabulary: list[int] | None = None,
         denoiser: DenoiserConfig | dict = DenoiserConfig(),
@@ -70,7 +71,7 @@ class SmoothieModule(L.LightningModule):
         denoiser, self.sampling, self.optim, self.evaluation = groups.values()
         check_model_options(
             space, token_head, vocab_attention, train_embeddings, target_length, source_length, vocab_dtype,
-            cfg_dropout, self.sampling, denoiser, source_embedding, self.optim,
+            cfg_dropout, self.sampling, denoiser, source_embedding, self.optim, length_from_source,
         )  # fmt: skip
         schedule = build_schedule(schedule, SPACES[space].default_schedule.name)
         self.save_hyperparameters(ignore=["vocabulary", "schedule", *groups])
@@ -166,6 +167,7 @@ class SmoothieModule(L.LightningModule):
             source_encoder=self.source_encoder,
             source_embeddings=self.source_embedding_matrix if scratch_source else self.embedding_matrix,
             null_source=self.null_source,
+            length_from_source=hp.length_from_source,
             **self.sampling.pipeline_options(),
         )  # fmt: skip
 
@@ -173,15 +175,18 @@ class SmoothieModule(L.LightningModule):
         """x0-prediction MSE over all positions and features, padding included (METHOD section 3).
 
         ``t = u ** train_time_power`` (``u`` uniform; 1 is the paper's); ``masked_loss`` leaves padding out;
+        ``length_from_source`` models only each pair's window (``SmoothiePipeline.target_window``);
         ``train_embeddings`` adds the two embedding losses; ``cfg_dropout`` replaces some sources by the null one.
         """
         pipeline = self.pipeline
-        clean = self.embedding_matrix[batch["target_ids"]]
+        width, live = pipeline.target_window(batch["source_mask"])
+        target_ids = batch["target_ids"][:, :width]
+        clean = self.embedding_matrix[target_ids]
         u = torch.rand(clean.shape[0], device=self.device, generator=generator)
         t = u.pow(self.hparams.train_time_power) * (1 - T_TRAIN_MIN) + T_TRAIN_MIN
         x_t = self.space.noised_input(clean, t, generator)
         source, source_mask = pipeline.encode_source(batch["source_ids"], batch["source_mask"]), batch["source_mask"]
-        source_copy = pipeline.source_copy(batch["source_ids"])
+        source_copy = pipeline.source_copy(batch["source_ids"], width)
         if self.null_source is not None and self.training:
             drop = torch.rand(clean.shape[0], device=self.device, generator=generator) < self.hparams.cfg_dropout
             source, source_mask = self.null_source(source, source_mask, drop)
@@ -190,20 +195,23 @@ class SmoothieModule(L.LightningModule):
         previous = None
         if self.denoiser.config.self_conditioning and torch.rand(1, generator=generator, device=self.device) < 0.5:
             with torch.no_grad():
-                previous = self.denoiser(x_t, t, source, source_mask, source_copy=source_copy).float()
-        predicted = self.denoiser(x_t, t, source, source_mask, previous, source_copy)
-        counted = batch["target_ids"] != self.tokenizer.pad_token_id if self.hparams.masked_loss else None
+                previous = self.denoiser(x_t, t, source, source_mask, source_copy=source_copy, target_mask=live)
+                previous = previous.float()
+        predicted = self.denoiser(x_t, t, source, source_mask, previous, source_copy, live)
+        counted = target_ids != self.tokenizer.pad_token_id if self.hparams.masked_loss else None
+        if live is not None:
+            counted = live if counted is None else counted & live
         loss = position_mean((predicted.float() - clean).pow(2).mean(-1), counted)
         if self.hparams.train_embeddings:
             loss = loss + embedding_losses(
-                self.space, self.vocabulary, self.embedding_matrix, clean, batch["target_ids"], counted, generator,
+                self.space, self.vocabulary, self.embedding_matrix, clean, target_ids, counted, generator,
                 self.hparams.vocab_chunk_size,
             )  # fmt: skip
         if self.hparams.decoding_loss_weight:
             loss = loss + self.hparams.decoding_loss_weight * prediction_decoding_loss(
-                self.space, self.vocabulary, predicted, batch["target_ids"], counted, self.hparams.vocab_chunk_size
+                self.space, self.vocabulary, predicted, target_ids, counted, self.hparams.vocab_chunk_size
             )
-        token_loss = self.space.token_loss(predicted.float(), clean)
+        token_loss = self.space.token_loss(predicted.float(), clean, counted)
         return loss if token_loss is None else loss + token_loss
 
     # ------------------------------------------------------------- generation

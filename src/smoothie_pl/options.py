@@ -107,6 +107,7 @@ def check_model_options(
     denoiser: DenoiserConfig,
     source_embedding: str | None = None,
     optim: OptimConfig | None = None,
+    length_from_source: int | None = None,
 ) -> None:
     """Raise ``ValueError`` naming the option when a combination cannot work."""
     if space not in SPACES:
@@ -130,6 +131,11 @@ def check_model_options(
         raise ValueError(
             f"denoiser.source_skip copies source tokens into the target's embedding, but source_embedding is "
             f"{source_embedding!r}: leave it unset"
+        )
+    if length_from_source is not None and (length_from_source < 0 or denoiser.source_encoder == "none"):
+        raise ValueError(
+            f"length_from_source must be >= 0 and needs a source (denoiser.source_encoder is "
+            f"{denoiser.source_encoder!r}), got {length_from_source}"
         )
     if optim is not None and 0 < optim.decay_steps <= optim.warmup_steps:
         raise ValueError(

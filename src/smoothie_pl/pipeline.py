@@ -52,6 +52,9 @@ class SmoothiePipeline:
         mbr_candidates, mbr_utility: samples per source and the utility of the MBR choice.
         recase: take capitals from the source (for uncased vocabularies).
         collapse_repeats: one word of each run of equal words in the decoded text.
+        length_from_source: ``m`` models only the first ``n + m`` target positions of a pair
+            whose source has ``n`` tokens (specials not counted; at most ``target_length``),
+            in training and sampling alike; ``None`` models all ``target_length``.
     """
 
     def __init__(
@@ -73,6 +76,7 @@ class SmoothiePipeline:
         mbr_utility: str = "bleu",
         recase: bool = False,
         collapse_repeats: bool = False,
+        length_from_source: int | None = None,
     ) -> None:
         self.space, self.denoiser, self.vocabulary = space, denoiser, vocabulary
         self.tokenizer, self.source_tokenizer = tokenizer, source_tokenizer
@@ -82,6 +86,7 @@ class SmoothiePipeline:
         self.guidance_weight, self.clamp = guidance_weight, clamp
         self.mbr_candidates, self.mbr_utility, self.recase = mbr_candidates, mbr_utility, recase
         self.collapse_repeats = collapse_repeats
+        self.length_from_source = length_from_source
 
     @property
     def device(self) -> torch.device:
@@ -95,15 +100,33 @@ class SmoothiePipeline:
             return self.source_encoder(source_ids, source_mask)
         return self.source_encoder(self.source_embeddings[source_ids], source_mask)
 
-    def source_copy(self, source_ids: torch.Tensor) -> torch.Tensor | None:
+    def target_window(self, source_mask: torch.Tensor) -> tuple[int, torch.Tensor | None]:
+        """The target positions modelled for a batch: the batch's width and which are live, ``[B, width]``.
+
+        Without ``length_from_source``: all ``target_length`` positions, no mask. With it,
+        ``n + m`` positions for a source of ``n`` tokens, so short pairs cost little
+        (with length-bucketed batches, ``data.length_buckets``); the mask is
+        ``None`` when every position of the batch is live.
+        """
+        if self.length_from_source is None:
+            return self.target_length, None
+        specials = self.source_tokenizer.num_special_tokens_to_add(pair=False)
+        tokens = source_mask.sum(dim=1) - specials
+        windows = (tokens + self.length_from_source).clamp(1, self.target_length)
+        width = int(windows.max())
+        live = torch.arange(width, device=source_mask.device) < windows[:, None]
+        return width, None if bool(live.all()) else live
+
+    def source_copy(self, source_ids: torch.Tensor, length: int | None = None) -> torch.Tensor | None:
         """Source token ``i`` (after its leading specials) at target position ``i``, as embeddings ``[B, L, d]``.
 
         ``None`` unless the denoiser has ``source_skip``; past the source's end the pad embedding.
+        ``length`` defaults to ``target_length``.
         """
         if not self.denoiser.config.source_skip:
             return None
         offset, pad = self.denoiser.leading_source_tokens, self.source_tokenizer.pad_token_id
-        return self.source_embeddings[at_target_positions(source_ids, offset, self.target_length, pad)]
+        return self.source_embeddings[at_target_positions(source_ids, offset, length or self.target_length, pad)]
 
     def guided_prediction(
         self,
@@ -113,17 +136,18 @@ class SmoothiePipeline:
         source_mask: torch.Tensor | None,
         previous: torch.Tensor | None,
         source_copy: torch.Tensor | None = None,
+        target_mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """``e0_c + w (e0_c - e0_u)`` (classifier-free guidance); with ``w = 0`` only the conditional pass runs.
 
         The unconditional pass has no source, so no ``source_copy`` either.
         """
-        conditional = self.denoiser(x_t, t, source, source_mask, previous, source_copy).float()
+        conditional = self.denoiser(x_t, t, source, source_mask, previous, source_copy, target_mask).float()
         if self.guidance_weight == 0:
             return conditional
         everything = torch.ones(x_t.shape[0], dtype=torch.bool, device=x_t.device)
         null, null_mask = self.null_source(source, source_mask, everything)
-        unconditional = self.denoiser(x_t, t, null, null_mask, previous).float()
+        unconditional = self.denoiser(x_t, t, null, null_mask, previous, target_mask=target_mask).float()
         return conditional + self.guidance_weight * (conditional - unconditional)
 
     def clamp_to_vocabulary(self, predicted: torch.Tensor) -> torch.Tensor:
@@ -152,17 +176,30 @@ class SmoothiePipeline:
         prediction, as training feeds the first pass's; ``clamp`` applies to
         what the sampler re-noises and to the output. ``callback(k, t, x, e0)``
         sees every step (``e0`` as the sampler gets it, i.e. after clamping).
+        With ``length_from_source`` the batch has its window's width, and positions
+        past a pair's window hold the pad embedding.
         """
-        source, source_copy = self.encode_source(source_ids, source_mask), self.source_copy(source_ids)
+        width, live = self.target_window(source_mask)
+        source, source_copy = self.encode_source(source_ids, source_mask), self.source_copy(source_ids, width)
+        pad = None if live is None else self.pad_embedding()
         previous = None
 
         def denoise(x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
             nonlocal previous
-            previous = self.guided_prediction(x_t, t, source, source_mask, previous, source_copy)
-            return self.clamp_to_vocabulary(previous) if self.clamp else previous
+            previous = self.guided_prediction(x_t, t, source, source_mask, previous, source_copy, live)
+            predicted = self.clamp_to_vocabulary(previous) if self.clamp else previous
+            return predicted if live is None else torch.where(live[..., None], predicted, pad)
 
         sampler = self.sampler_with(steps)
-        return sampler.sample(self.space, denoise, source_ids.shape[0], self.target_length, generator, callback=callback)
+        return sampler.sample(self.space, denoise, source_ids.shape[0], width, generator, callback=callback)
+
+    def pad_embedding(self) -> torch.Tensor:
+        """The space's row of the pad token, ``[d]`` (what decodes as the end of a text)."""
+        pad_id = self.tokenizer.pad_token_id
+        pad_row = int(torch.searchsorted(self.vocabulary, torch.tensor(pad_id, device=self.device)))
+        if pad_row >= len(self.vocabulary) or int(self.vocabulary[pad_row]) != pad_id:
+            raise ValueError(f"length_from_source needs the pad token (id {pad_id}) in the model's vocabulary")
+        return self.space.embeddings[pad_row]
 
     def decode(self, embeddings: torch.Tensor) -> list[str]:
         """Texts of predicted embeddings: nearest rows, cut at the end token, specials dropped."""

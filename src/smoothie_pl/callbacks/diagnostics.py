@@ -19,7 +19,6 @@ from pathlib import Path
 import lightning as L
 import numpy as np
 import torch
-import torch.nn.functional as F
 from lightning.pytorch.callbacks import Callback
 
 from smoothie_pl.callbacks.trigger import ValidationTrigger
@@ -139,19 +138,22 @@ class Diagnostics(Callback):
     def measure(self, pl_module: L.LightningModule, batch: dict, t: float) -> torch.Tensor:
         """``[mse, accuracy, p_true]`` of the batch at time ``t`` (``p_true`` is NaN outside the Smoothie space)."""
         space, device = pl_module.space, pl_module.device
-        target_ids = batch["target_ids"][: self.max_examples]
         source_ids, source_mask = batch["source_ids"][: self.max_examples], batch["source_mask"][: self.max_examples]
+        pipeline = pl_module.pipeline
+        width, live = pipeline.target_window(source_mask)  # the positions training models
+        target_ids = batch["target_ids"][: self.max_examples, :width]
         size, length = target_ids.shape
         clean = pl_module.embedding_matrix[target_ids]
         times = torch.full((size,), t, device=device)
 
         x_t = space.noised_input(clean, times, torch.Generator(device=device).manual_seed(self.seed))
-        pipeline = pl_module.pipeline
-        source, source_copy = pipeline.encode_source(source_ids, source_mask), pipeline.source_copy(source_ids)
-        predicted = pl_module.denoiser(x_t, times, source, source_mask, source_copy=source_copy).float()
-        mse = F.mse_loss(predicted, clean)
+        source, source_copy = pipeline.encode_source(source_ids, source_mask), pipeline.source_copy(source_ids, width)
+        predicted = pl_module.denoiser(x_t, times, source, source_mask, source_copy=source_copy, target_mask=live)
+        predicted = predicted.float()
+        modelled = torch.ones_like(target_ids, dtype=torch.bool) if live is None else live
+        mse = (predicted - clean).pow(2).mean(-1)[modelled].mean()
 
-        real = target_ids != pl_module.tokenizer.pad_token_id
+        real = (target_ids != pl_module.tokenizer.pad_token_id) & modelled
         decoded = pl_module.vocabulary[space.decode(predicted)]
         accuracy = (decoded == target_ids)[real].float().mean()
 

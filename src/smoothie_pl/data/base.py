@@ -137,6 +137,8 @@ class Seq2SeqDataModule(L.LightningDataModule):
             ``fit``, and the trainer's ``accumulate_grad_batches`` must be the
             matching one (``batching.split_global_batch``; the ``smoothie`` CLI
             sets it), so a config trains the same on any number of devices.
+        length_buckets: training batches of sources of similar length (``samplers.length_bucketed``):
+            with ``model.length_from_source`` each batch is only as wide as its longest pair needs.
     """
 
     def __init__(
@@ -151,6 +153,7 @@ class Seq2SeqDataModule(L.LightningDataModule):
         predict_split: str = "test",
         source_tokenizer: str | None = None,
         global_batch_size: int | None = None,
+        length_buckets: bool = False,
     ) -> None:
         super().__init__()
         for name, value in (("target_length", target_length), ("source_length", source_length), ("batch_size", batch_size)):
@@ -168,6 +171,7 @@ class Seq2SeqDataModule(L.LightningDataModule):
         self.restrict_vocabulary = restrict_vocabulary
         self.predict_split = predict_split
         self.global_batch_size = global_batch_size
+        self.length_buckets = length_buckets
         self.device_batch_size = batch_size  # training batch of one device (set from global_batch_size at fit)
         self.datasets: dict[str, TokenizedPairs] = {}
         self.predict_skip: Set[int] = frozenset()  # indices already predicted (set by the prediction writer)
@@ -265,6 +269,8 @@ class Seq2SeqDataModule(L.LightningDataModule):
         batch_size = self.device_batch_size if shuffle else self.eval_batch_size
         collate = PairCollator(self.tokenizer.pad_token_id, self.target_length, self.source_tokenizer.pad_token_id)
         if shuffle:
+            if self.length_buckets:
+                ranks |= {"lengths": [len(ids) for ids in dataset.source_ids], "batch_size": batch_size}
             sampler = ResumableShuffleSampler(dataset, seed=int(os.environ.get("PL_GLOBAL_SEED", 0)), **ranks)
             return ResumableLoader(dataset, sampler, batch_size, num_workers=self.num_workers, collate_fn=collate)
         sampler = BatchShardSampler(dataset, batch_size, skip=skip, **ranks)

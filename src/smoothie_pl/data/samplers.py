@@ -6,8 +6,9 @@ putting its own (padding, repeating) sampler in their place under DDP.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Set
+from collections.abc import Iterator, Sequence, Set
 
+import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 
@@ -43,11 +44,23 @@ class ResumableShuffleSampler(DistributedSampler):
     The permutation does not depend on the global random state, so a resumed
     run shuffles its epochs as the uninterrupted run did; ``resume_at(epoch, n)``
     makes that epoch start after the ``n`` samples this rank had already
-    trained on (any other epoch starts at its beginning).
+    trained on (any other epoch starts at its beginning). With ``lengths`` and
+    ``batch_size``, each rank's order is length-bucketed (``length_bucketed``).
     """
 
-    def __init__(self, dataset: Dataset, num_replicas: int = 1, rank: int = 0, seed: int = 0) -> None:
+    def __init__(
+        self,
+        dataset: Dataset,
+        num_replicas: int = 1,
+        rank: int = 0,
+        seed: int = 0,
+        lengths: Sequence[int] | None = None,
+        batch_size: int | None = None,
+    ) -> None:
         super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=True, seed=seed, drop_last=True)
+        if (lengths is None) != (batch_size is None):
+            raise ValueError("length bucketing needs both the lengths and the batch size")
+        self.lengths, self.batch_size = lengths, batch_size
         self._resume = (0, 0)
 
     def resume_at(self, epoch: int, samples: int) -> None:
@@ -60,7 +73,33 @@ class ResumableShuffleSampler(DistributedSampler):
         return samples if epoch == self.epoch else 0
 
     def __iter__(self) -> Iterator[int]:
-        return iter(list(super().__iter__())[self.start :])
+        order = list(super().__iter__())
+        if self.lengths is not None:
+            generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch + 1)
+            order = length_bucketed(order, self.lengths, self.batch_size, generator)
+        return iter(order[self.start :])
+
+
+POOL_BATCHES = 64
+"""Batches per pool that ``length_bucketed`` sorts: enough for tight lengths, few enough to stay random."""
+
+
+def length_bucketed(order: list[int], lengths: Sequence[int], batch_size: int, generator: torch.Generator) -> list[int]:
+    """``order`` regrouped so that consecutive ``batch_size`` indices have similar lengths.
+
+    Pools of ``POOL_BATCHES`` batches of the (shuffled) order are sorted by
+    length and cut into batches; the full batches of the epoch are then
+    shuffled, and an incomplete last one stays last (the loader drops it).
+    Every index is kept exactly once.
+    """
+    batches = []
+    pool_size = batch_size * POOL_BATCHES
+    for start in range(0, len(order), pool_size):
+        pool = sorted(order[start : start + pool_size], key=lambda index: lengths[index])
+        batches.extend(pool[i : i + batch_size] for i in range(0, len(pool), batch_size))
+    last = [batches.pop()] if batches and len(batches[-1]) < batch_size else []
+    shuffled = [batches[i] for i in torch.randperm(len(batches), generator=generator).tolist()]
+    return [index for batch in shuffled + last for index in batch]
 
 
 class ResumableLoader(DataLoader):

@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from smoothie_pl.diffusion.embedding_losses import position_mean
 from smoothie_pl.diffusion.schedules import ArctanSchedule, Schedule, SdSchedule, TessSchedule
 from smoothie_pl.diffusion.vocab_attention import (
     DEFAULT_CHUNK_SIZE,
@@ -111,8 +112,10 @@ class DiffusionSpace(nn.Module):
         """Model input of a full state: ``softmax(state) E`` for the vocabulary spaces."""
         return torch.softmax(state.float(), dim=-1) @ self.embeddings.float()
 
-    def token_loss(self, predicted: torch.Tensor, clean: torch.Tensor) -> torch.Tensor | None:
-        """An extra training loss of the space (``None``: only the shared x0 MSE)."""
+    def token_loss(
+        self, predicted: torch.Tensor, clean: torch.Tensor, counted: torch.Tensor | None = None
+    ) -> torch.Tensor | None:
+        """An extra training loss of the space over the ``counted`` positions (``None``: all); ``None``: none."""
         return None
 
 
@@ -264,10 +267,11 @@ class SimplexSpace(DiffusionSpace):
             return self.nearest(predicted)
         return self.logits(predicted).argmax(-1)
 
-    def token_loss(self, predicted: torch.Tensor, clean: torch.Tensor) -> torch.Tensor | None:
+    def token_loss(self, predicted, clean, counted=None):
         if self.token_head is None:
             return None
-        return F.cross_entropy(self.logits(predicted).flatten(0, 1).float(), self.nearest(clean).flatten())
+        per_position = F.cross_entropy(self.logits(predicted).transpose(1, 2).float(), self.nearest(clean), reduction="none")
+        return position_mean(per_position, counted)
 
     def _onehot_input(
         self, rows: torch.Tensor, mu: torch.Tensor, std: torch.Tensor, generator: torch.Generator | None

@@ -130,9 +130,9 @@ class SelfConditioning(nn.Module):
             nn.init.zeros_(projection.weight)
             nn.init.zeros_(projection.bias)
 
-    def forward(self, previous: torch.Tensor) -> list[torch.Tensor]:
-        """``previous [B, L, d]`` -> one ``[B, L, width]`` addition per block."""
-        encoded = self.encoder(previous)
+    def forward(self, previous: torch.Tensor, mask: torch.Tensor | None = None) -> list[torch.Tensor]:
+        """``previous [B, L, d]`` and its key mask (``None``: all real) -> one ``[B, L, width]`` addition per block."""
+        encoded = self.encoder(previous, mask)
         return [projection(encoded) for projection in self.projections]
 
     def zero_with_every_parameter(self) -> torch.Tensor:
@@ -254,6 +254,7 @@ class UShapedDenoiser(nn.Module):
         source_mask: torch.Tensor | None = None,
         previous: torch.Tensor | None = None,
         source_copy: torch.Tensor | None = None,
+        target_mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """``x_t [B, L, d]``, ``t [B]``, encoded ``source [B, Ls, width]`` -> ``e0 [B, L, d]``.
 
@@ -261,6 +262,8 @@ class UShapedDenoiser(nn.Module):
         without it (``None``) self-conditioning adds nothing and its encoder does not run.
         ``source_copy [B, L, d]`` (``source_skip``: the source's token embeddings at the
         target positions, ``SmoothiePipeline.source_copy``) is added to the prediction.
+        ``target_mask [B, L]`` (True where modelled; ``None``: all) hides the other target
+        positions from attention, so what they hold changes no modelled position.
         """
         if self.conditional and source is None:
             raise ValueError("this denoiser conditions on a source, but no source encoding was given")
@@ -268,11 +271,11 @@ class UShapedDenoiser(nn.Module):
         h = self.input(x_t) + self.positions(torch.arange(length, device=x_t.device))
         if self.aligned_source is not None:
             h = h + self.aligned_source(source, source_mask, length)
-        padding_mask = None
+        padding_mask = target_mask
         if self.concat:
-            h, padding_mask = self._join_source(h, source, source_mask)
+            h, padding_mask = self._join_source(h, source, source_mask, target_mask)
             source = source_mask = None
-        additions = self._self_conditioning_additions(previous, h.shape[1])
+        additions = self._self_conditioning_additions(previous, h.shape[1], target_mask)
         time = self.time_embedding(t)
         half = len(self.blocks) // 2
         skips = []
@@ -292,20 +295,27 @@ class UShapedDenoiser(nn.Module):
             output = output + self.self_conditioning.zero_with_every_parameter()
         return output
 
-    def _self_conditioning_additions(self, previous: torch.Tensor | None, stream_length: int) -> list | None:
+    def _self_conditioning_additions(
+        self, previous: torch.Tensor | None, stream_length: int, target_mask: torch.Tensor | None
+    ) -> list | None:
         """Each block's addition from ``previous``, zero-padded from the target to the stream (``[target; source]``)."""
         if self.self_conditioning is None or previous is None:
             return None
         padding = (0, 0, 0, stream_length - previous.shape[1])
-        return [F.pad(addition, padding) for addition in self.self_conditioning(previous)]
+        return [F.pad(addition, padding) for addition in self.self_conditioning(previous, target_mask)]
 
     def _join_source(
-        self, target: torch.Tensor, source: torch.Tensor, source_mask: torch.Tensor | None
+        self,
+        target: torch.Tensor,
+        source: torch.Tensor,
+        source_mask: torch.Tensor | None,
+        target_mask: torch.Tensor | None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """``[target; source]`` with segment embeddings added, and its key mask (every target position is real)."""
+        """``[target; source]`` with segment embeddings added, and its key mask."""
         target_segment, source_segment = self.segments.weight
         joined = torch.cat([target + target_segment, source + source_segment], dim=1)
-        target_mask = torch.ones(target.shape[:2], dtype=torch.bool, device=target.device)
+        if target_mask is None:
+            target_mask = torch.ones(target.shape[:2], dtype=torch.bool, device=target.device)
         if source_mask is None:
             source_mask = torch.ones(source.shape[:2], dtype=torch.bool, device=source.device)
         return joined, torch.cat([target_mask, source_mask.bool()], dim=1)

@@ -133,3 +133,15 @@ def test_the_data_module_buckets_its_training_batches(word_model, pairs_dir):
     loader = data.train_dataloader()
     assert loader.sampler.batch_size == 2
     assert loader.sampler.lengths == [len(ids) for ids in data.dataset("train").source_ids]
+
+
+def test_predict_batches_go_in_order_of_source_length_and_validation_in_file_order(word_model, pairs_dir):
+    data = pairs_data(pairs_dir, word_model, batch_size=2, eval_batch_size=3, length_buckets=True)
+    data.setup("predict")
+    lengths = [len(ids) for ids in data.dataset("test").source_ids]
+    batches = [batch["index"].tolist() for batch in data.predict_dataloader()]
+    assert sorted(index for batch in batches for index in batch) == list(range(len(lengths)))
+    flat = [lengths[index] for batch in batches for index in batch]
+    assert flat == sorted(lengths)
+    data.setup("validate")
+    assert [i for batch in data.val_dataloader() for i in batch["index"].tolist()] == list(range(len(data.dataset("validation"))))

@@ -137,8 +137,9 @@ class Seq2SeqDataModule(L.LightningDataModule):
             ``fit``, and the trainer's ``accumulate_grad_batches`` must be the
             matching one (``batching.split_global_batch``; the ``smoothie`` CLI
             sets it), so a config trains the same on any number of devices.
-        length_buckets: training batches of sources of similar length (``samplers.length_bucketed``):
-            with ``model.length_from_source`` each batch is only as wide as its longest pair needs.
+        length_buckets: training batches of sources of similar length (``samplers.length_bucketed``),
+            and test and predict batches in order of source length: with ``model.length_from_source``
+            each batch is only as wide as its longest pair needs.
     """
 
     def __init__(
@@ -262,8 +263,11 @@ class Seq2SeqDataModule(L.LightningDataModule):
                 "not both (the smoothie CLI derives the accumulation)"
             )
 
-    def _loader(self, split: str, shuffle: bool, skip: Set[int] = frozenset()) -> DataLoader:
-        """Shuffled training batches, or evaluation batches dealt whole to the ranks (``data.samplers``)."""
+    def _loader(self, split: str, shuffle: bool, skip: Set[int] = frozenset(), by_length: bool = False) -> DataLoader:
+        """Shuffled training batches, or evaluation batches dealt whole to the ranks (``data.samplers``).
+
+        ``by_length``: evaluation batches in order of source length (with ``length_buckets``).
+        """
         dataset = self.dataset(split)
         ranks = {"num_replicas": self.trainer.world_size, "rank": self.trainer.global_rank} if self.trainer else {}
         batch_size = self.device_batch_size if shuffle else self.eval_batch_size
@@ -273,7 +277,10 @@ class Seq2SeqDataModule(L.LightningDataModule):
                 ranks |= {"lengths": [len(ids) for ids in dataset.source_ids], "batch_size": batch_size}
             sampler = ResumableShuffleSampler(dataset, seed=int(os.environ.get("PL_GLOBAL_SEED", 0)), **ranks)
             return ResumableLoader(dataset, sampler, batch_size, num_workers=self.num_workers, collate_fn=collate)
-        sampler = BatchShardSampler(dataset, batch_size, skip=skip, **ranks)
+        order = None
+        if by_length and self.length_buckets:
+            order = sorted(range(len(dataset)), key=lambda index: len(dataset.source_ids[index]))
+        sampler = BatchShardSampler(dataset, batch_size, skip=skip, order=order, **ranks)
         return DataLoader(
             dataset, batch_size=batch_size, sampler=sampler, num_workers=self.num_workers, collate_fn=collate
         )
@@ -282,12 +289,12 @@ class Seq2SeqDataModule(L.LightningDataModule):
         return self._loader("train", shuffle=True)
 
     def val_dataloader(self) -> DataLoader:
-        return self._metric_loader("validation")
+        return self._metric_loader("validation")  # in file order: limit_val_batches may take only its first batches
 
     def test_dataloader(self) -> DataLoader:
-        return self._metric_loader("test")
+        return self._metric_loader("test", by_length=True)
 
-    def _metric_loader(self, split: str) -> DataLoader:
+    def _metric_loader(self, split: str, by_length: bool = False) -> DataLoader:
         """Evaluation batches where every rank must take part (its metric states are gathered at the end)."""
         world = self.trainer.world_size if self.trainer else 1
         batches = math.ceil(len(self.dataset(split)) / self.eval_batch_size)
@@ -296,7 +303,7 @@ class Seq2SeqDataModule(L.LightningDataModule):
                 f"the {split} split has {len(self.dataset(split))} pairs, {batches} batch(es) of data.eval_batch_size="
                 f"{self.eval_batch_size}, fewer than the {world} ranks: lower data.eval_batch_size"
             )
-        return self._loader(split, shuffle=False)
+        return self._loader(split, shuffle=False, by_length=by_length)
 
     def predict_dataloader(self) -> DataLoader:
-        return self._loader(self.predict_split, shuffle=False, skip=self.predict_skip)
+        return self._loader(self.predict_split, shuffle=False, skip=self.predict_skip, by_length=True)

@@ -15,18 +15,26 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 class BatchShardSampler(DistributedSampler):
     """Evaluation order: the single-process batches, dealt whole to the ranks in turn, none repeated.
 
-    Batch ``b`` holds indices ``b * batch_size ...`` exactly as on one process,
-    so its noise (seeded from its first index) and its outputs do not depend on
-    the number of ranks; there is no padding, so no index is evaluated twice.
-    Batches whose every index is in ``skip`` (already predicted) are left out.
+    Batch ``b`` holds indices ``b * batch_size ...`` of ``order`` (default: the
+    dataset's) exactly as on one process, so its noise (seeded from its first
+    index) and its outputs do not depend on the number of ranks; there is no
+    padding, so no index is evaluated twice. Batches whose every index is in
+    ``skip`` (already predicted) are left out.
     """
 
     def __init__(
-        self, dataset: Dataset, batch_size: int, num_replicas: int = 1, rank: int = 0, skip: Set[int] = frozenset()
+        self,
+        dataset: Dataset,
+        batch_size: int,
+        num_replicas: int = 1,
+        rank: int = 0,
+        skip: Set[int] = frozenset(),
+        order: Sequence[int] | None = None,
     ) -> None:
         super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=False)
         size = len(dataset)
-        batches = [range(start, min(start + batch_size, size)) for start in range(0, size, batch_size)]
+        order = range(size) if order is None else order
+        batches = [order[start : start + batch_size] for start in range(0, size, batch_size)]
         pending = [batch for batch in batches if not set(batch) <= skip]
         self.indices = [index for batch in pending[rank::num_replicas] for index in batch]
         self.num_samples = self.total_size = len(self.indices)

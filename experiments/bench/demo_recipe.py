@@ -6,7 +6,7 @@
 ``train_step.py`` times a copy task at the full target length; this one
 builds ``lightning_configs/demo.yaml``'s module and Bible data module (the
 decoding cross-entropy, the aligned source, verses of their real lengths) and
-compares, interleaved, the demo as shipped with ``model.length_from_source``
+compares, interleaved, the demo with ``model.length_from_source``
 and ``data.length_buckets`` switched on or off (each pair then models its
 source's length plus the margin, in batches of similar lengths). The second
 table times the decoding cross-entropy with its backward at the demo size:
@@ -106,7 +106,7 @@ def run(args) -> tuple[str, dict]:
     base = steps[0].get("seconds_per_step")
     rows = []
     for record in steps:
-        name = "as shipped: all 64 target positions" if not record.get("buckets") else (
+        name = "all target positions (the paper's)" if not record.get("buckets") else (
             f"`length_from_source: {args.margin}`, `length_buckets: true`")
         seconds = record.get("seconds_per_step")
         rows.append([name, f"{record.get('mean_width', 0):.1f}", f"{seconds:.2f}" if seconds else record.get("error"),

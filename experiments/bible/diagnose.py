@@ -78,11 +78,14 @@ def sacrebleu_at(model: SmoothieModule, sources, references, steps: int, seed: i
 def trajectory_accuracy(model: SmoothieModule, sources, references, steps: int, seed: int) -> list[float]:
     """Token accuracy (non-pad reference positions) of the decoded ``e0`` after every step."""
     reference_ids = target_ids(model, references)
-    real = reference_ids != model.tokenizer.pad_token_id
+    pad = model.tokenizer.pad_token_id
+    real = reference_ids != pad
     accuracy: list[float] = []
 
     def record(k: int, t: torch.Tensor, x: torch.Tensor, e0: torch.Tensor) -> None:
         decoded = model.vocabulary[model.space.decode(e0.float())].cpu()
+        # A model with length_from_source samples only its windows: the rest is padding.
+        decoded = torch.nn.functional.pad(decoded, (0, reference_ids.shape[1] - decoded.shape[1]), value=pad)
         accuracy.append(float((decoded == reference_ids)[real].float().mean()))
 
     model.sampling = dataclasses.replace(model.sampling, clamp=False)

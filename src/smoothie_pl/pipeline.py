@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from smoothie_pl.diffusion import DiffusionSpace, Sampler, StepCallback
+from smoothie_pl.diffusion.embedding_losses import vocabulary_rows
 from smoothie_pl.metrics.mbr import mbr_select
 from smoothie_pl.models import NullSource, PretrainedSourceEncoder, UShapedDenoiser
 from smoothie_pl.models.denoiser import at_target_positions
@@ -196,10 +197,10 @@ class SmoothiePipeline:
     def pad_embedding(self) -> torch.Tensor:
         """The space's row of the pad token, ``[d]`` (what decodes as the end of a text)."""
         pad_id = self.tokenizer.pad_token_id
-        pad_row = int(torch.searchsorted(self.vocabulary, torch.tensor(pad_id, device=self.device)))
-        if pad_row >= len(self.vocabulary) or int(self.vocabulary[pad_row]) != pad_id:
+        rows, known = vocabulary_rows(self.vocabulary, torch.tensor([pad_id], device=self.device))
+        if not bool(known.all()):
             raise ValueError(f"length_from_source needs the pad token (id {pad_id}) in the model's vocabulary")
-        return self.space.embeddings[pad_row]
+        return self.space.embeddings[rows[0]]
 
     def decode(self, embeddings: torch.Tensor) -> list[str]:
         """Texts of predicted embeddings: nearest rows, cut at the end token, specials dropped."""

@@ -15,7 +15,7 @@ import torch
 from torch.autograd.function import once_differentiable
 from torch.utils.checkpoint import checkpoint
 
-from smoothie_pl.diffusion.vocab_attention import distance_cross_entropy
+from smoothie_pl.diffusion.vocab_attention import distance_cross_entropy, logit_in_chunk
 
 
 def prior_matching_loss(
@@ -73,10 +73,7 @@ def decoding_cross_entropy(
         if std:
             generator = torch.Generator(device=e.device).manual_seed(seed + start)
             logits = logits + std * torch.randn(d0.shape, generator=generator, device=e.device)
-        inside = (rows >= start) & (rows < start + chunk.shape[0])
-        local = (rows - start).clamp(0, chunk.shape[0] - 1)
-        true_logit = logits.gather(1, local[:, None]).squeeze(1)
-        return logits.logsumexp(dim=1), torch.where(inside, true_logit, 0.0)
+        return logits.logsumexp(dim=1), logit_in_chunk(logits, rows, start)
 
     normalisers, true_logits = [], []
     with torch.autocast(device_type=clean.device.type, enabled=False):

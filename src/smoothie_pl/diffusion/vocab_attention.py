@@ -31,6 +31,13 @@ def half_squared_norms(embeddings: torch.Tensor) -> torch.Tensor:
     return embeddings.float().pow(2).sum(-1).mul_(0.5)
 
 
+def logit_in_chunk(logits: torch.Tensor, rows: torch.Tensor, start: int) -> torch.Tensor:
+    """``logits[i, rows[i] - start]`` where row ``rows[i]`` lies in the chunk starting at ``start``, else 0; ``[N]``."""
+    inside = (rows >= start) & (rows < start + logits.shape[1])
+    local = (rows - start).clamp(0, logits.shape[1] - 1)
+    return torch.where(inside, logits.gather(1, local[:, None]).squeeze(1), 0.0)
+
+
 def _check_chunk_size(chunk_size: int) -> None:
     if chunk_size <= 0:
         raise ValueError(f"chunk_size must be a positive number of vocabulary rows, got {chunk_size}")
@@ -201,9 +208,7 @@ def distance_cross_entropy(
 
     def recording_true_logits(chunks):
         for start, rows, logits in chunks:
-            inside = (targets >= start) & (targets < start + rows.shape[0])
-            local = (targets - start).clamp(0, rows.shape[0] - 1)
-            true_logits.add_(torch.where(inside, logits.gather(1, local[:, None]).squeeze(1), 0.0))
+            true_logits.add_(logit_in_chunk(logits, targets, start))
             yield start, rows, logits
 
     ones = torch.ones(query.shape[0], device=query.device)

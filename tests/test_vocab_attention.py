@@ -2,6 +2,7 @@ import pytest
 import torch
 
 from smoothie_pl.diffusion import SmoothieSpace, literal_vocab_attention, nearest_rows, noisy_vocab_attention
+from smoothie_pl.diffusion.vocab_attention import distinct_rows
 
 
 def literal_formula(query, embeddings, mu, std, sigma0, seed, chunk_size):
@@ -42,6 +43,34 @@ def test_streaming_equals_literal_formula_in_fp32(problem, chunk_size):
     expected = literal_formula(query, embeddings, mu, std, 1.5, seed=3, chunk_size=chunk_size)
     relative_error = (streamed.double() - expected).norm() / expected.norm()
     assert relative_error < 1e-5
+
+
+@pytest.mark.parametrize("compute_dtype, tolerance", [(torch.float32, 1e-5), (torch.bfloat16, 3e-2)])
+def test_repeated_query_rows_share_their_distances_but_not_their_noise(compute_dtype, tolerance):
+    """Clean targets and clamped predictions repeat vocabulary rows: the shared matmul must not share noise."""
+    torch.manual_seed(0)
+    embeddings = torch.randn(1000, 24)
+    query = embeddings[torch.tensor([5, 7, 5, 5, 9, 7] * 10)]
+    mu, std = torch.full((60,), 0.05), torch.ones(60)
+    distinct, row_of = distinct_rows(query)
+    assert distinct.shape == (3, 24) and torch.equal(distinct[row_of], query)
+    streamed = noisy_vocab_attention(
+        query, embeddings, mu, std, sigma0=1.5, generator=torch.Generator().manual_seed(3), chunk_size=256,
+        compute_dtype=compute_dtype,
+    )
+    expected = literal_formula(query, embeddings, mu, std, 1.5, seed=3, chunk_size=256)
+    assert (streamed.double() - expected).norm() / expected.norm() < tolerance
+    assert not torch.allclose(streamed[0], streamed[2])  # the same token, its own noise
+
+
+def test_mostly_distinct_rows_are_not_deduplicated():
+    query = torch.randn(8, 4)
+    query[1] = query[0]  # one repeat in eight: below the 25 % that pays for the search
+    kept, row_of = distinct_rows(query)
+    assert row_of is None and kept is query
+    query[2:4] = query[0]
+    distinct, row_of = distinct_rows(query)
+    assert distinct.shape[0] == 5 and torch.equal(distinct[row_of], query)
 
 
 def test_bf16_matmuls_stay_close(problem):

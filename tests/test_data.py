@@ -50,6 +50,16 @@ def test_restricted_vocabulary_holds_training_tokens_and_specials(pairs_dir, wor
     assert JsonlDataModule(train_file=str(pairs_dir / "train.jsonl"), tokenizer=word_model).vocabulary() is None
 
 
+def test_targets_only_vocabulary_leaves_out_words_only_the_sources_use(tmp_path, word_model):
+    train = write_lines(tmp_path / "train.jsonl", ['{"src": "thou art the cat", "trg": "you are the cat"}'])
+    data = JsonlDataModule(train_file=str(train), tokenizer=word_model, restrict_vocabulary="targets")
+    tokenizer = data.tokenizer
+    expected = set(tokenizer.convert_tokens_to_ids(["you", "are", "the", "cat"])) | set(tokenizer.all_special_ids)
+    assert set(data.vocabulary()) == expected
+    both = JsonlDataModule(train_file=str(train), tokenizer=word_model, restrict_vocabulary=True).vocabulary()
+    assert set(both) == expected | set(tokenizer.convert_tokens_to_ids(["thou", "art"]))
+
+
 @pytest.mark.parametrize(
     "line, message",
     [

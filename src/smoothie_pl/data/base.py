@@ -13,6 +13,7 @@ import math
 import os
 from collections.abc import Set
 from dataclasses import dataclass
+from typing import Literal
 
 import lightning as L
 import torch
@@ -130,7 +131,7 @@ class Seq2SeqDataModule(L.LightningDataModule):
             ``model.source_embedding``); ``None`` uses ``tokenizer``.
         target_length, source_length: ``L`` and ``Lc`` (linked from the model).
         restrict_vocabulary: diffuse only over the tokens of the training split
-            (plus special tokens); see ``vocabulary``.
+            (plus special tokens); ``"targets"``: of its targets only; see ``vocabulary``.
         predict_split: the split that ``predict`` generates for.
         global_batch_size: pairs per optimizer step over all devices; the
             per-device batch (at most ``batch_size``) is derived from it at
@@ -150,7 +151,7 @@ class Seq2SeqDataModule(L.LightningDataModule):
         batch_size: int = 32,
         eval_batch_size: int | None = None,
         num_workers: int = 0,
-        restrict_vocabulary: bool = False,
+        restrict_vocabulary: bool | Literal["targets"] = False,
         predict_split: str = "test",
         source_tokenizer: str | None = None,
         global_batch_size: int | None = None,
@@ -219,14 +220,18 @@ class Seq2SeqDataModule(L.LightningDataModule):
 
         The restricted set is every token of the training split's sources and
         targets plus the special tokens; decoding stays exact over these rows.
-        Sources count only when they share the targets' tokenizer.
+        Sources count only when they share the targets' tokenizer, and not with
+        ``"targets"``: then no output can hold a word only the sources use (the
+        KJV's "thou" for a modern-English target); sources are encoded through
+        the whole embedding matrix either way.
         """
         if not self.restrict_vocabulary:
             return None
         self.prepare_data()
         train = self.dataset("train")
         ids = set(self.tokenizer.all_special_ids)
-        sources = train.source_ids if self.source_tokenizer_name is None else []
+        shared = self.source_tokenizer_name is None and self.restrict_vocabulary != "targets"
+        sources = train.source_ids if shared else []
         for sequence in (*sources, *train.target_ids):
             ids.update(sequence)
         return sorted(ids)

@@ -20,10 +20,14 @@ def load_script():
 def test_ablation_runs_end_to_end_at_a_tiny_budget(tmp_path):
     run = load_script()
     out = tmp_path / "out"
+    # Smoothie kernel widths in the base config, as demo.yaml has them: the other spaces must not get them.
+    widths = tmp_path / "widths.yaml"
+    widths.write_text("model:\n  schedule:\n    sigma_min: 2.0\n    sigma_max: 250.0\n")
     results = run.main(
         [
             "--config", str(ROOT / "tests" / "configs" / "tiny.yaml"),
             "--config", str(ROOT / "experiments" / "ablation_spaces" / "budget.yaml"),
+            "--config", str(widths),
             "--steps", "2",
             "--eval-size", "3",
             "--sampling-steps", "1", "2",

@@ -1,3 +1,5 @@
+import contextlib
+import io
 import json
 import math
 from pathlib import Path
@@ -95,8 +97,9 @@ def fitted(word_model, pairs_dir, tmp_path_factory):
         ],
         default_root_dir=root,
     )
-    trainer.fit(module, datamodule=data)
-    return trainer, module, checkpoint, recorder
+    with contextlib.redirect_stdout(io.StringIO()) as printed:
+        trainer.fit(module, datamodule=data)
+    return trainer, module, checkpoint, recorder, printed.getvalue()
 
 
 def test_callbacks_see_the_ema_weights(fitted):
@@ -106,7 +109,7 @@ def test_callbacks_see_the_ema_weights(fitted):
 
 
 def test_generation_metrics_are_logged_with_the_example_table(fitted):
-    trainer, _, _, recorder = fitted
+    trainer, _, _, recorder, printed = fitted
     for name in ("sacrebleu", "bleu", "rougeL", "div4"):
         assert math.isfinite(float(trainer.callback_metrics[f"val/{name}"]))
     # No metric set given: the model's ("demo"), whose tracked metric is also logged as val/tracked.
@@ -125,6 +128,10 @@ def test_generation_metrics_are_logged_with_the_example_table(fitted):
     )
     for name, value in metrics.compute().items():
         assert float(trainer.callback_metrics[f"val/{name}"]) == pytest.approx(value)
+    # The printed table's caption holds the step-4 scores, so a log without a progress bar keeps them.
+    words = " ".join(printed.split())
+    assert "validation examples, step 4" in words
+    assert f"6 validation pairs: sacrebleu {float(trainer.callback_metrics['val/sacrebleu']):.4g}," in words
     texts = [call for call in recorder.calls if call[0] == "text"]
     assert [call[3] for call in texts] == [2, 4] and texts[0][2].count("\n") == 6 + 1
 
@@ -144,13 +151,13 @@ def test_learning_curve_records_every_step_and_validation_and_writes_a_png(fitte
 
 
 def test_model_checkpoint_monitors_a_generation_metric(fitted):
-    _, _, checkpoint, _ = fitted
+    checkpoint = fitted[2]
     assert checkpoint.best_model_score is not None and math.isfinite(float(checkpoint.best_model_score))
     assert Path(checkpoint.best_model_path).is_file()
 
 
 def test_diagnostics_curves_plot_and_gating(fitted):
-    trainer, module, _, recorder = fitted
+    trainer, module, _, recorder, _ = fitted
     metric = lambda name, t: float(trainer.callback_metrics[f"diag/{name}_t{t:.2f}"])  # noqa: E731
     values = {name: [metric(name, t) for t in TIMES] for name in ("mse", "acc", "p_true")}
     assert all(math.isfinite(v) for curve in values.values() for v in curve)

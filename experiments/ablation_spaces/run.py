@@ -50,6 +50,8 @@ def train(space: str, args: argparse.Namespace):
         [
             *(f"--config={config}" for config in configs),
             f"--model.space={space}",
+            # The base config's kernel widths are Smoothie's; the other spaces keep their own schedules.
+            *([] if space == "smoothie" else ["--model.schedule=null"]),
             f"--trainer.max_steps={args.steps}",
             f"--trainer.default_root_dir={args.out / space}",
             *args.overrides,

@@ -111,7 +111,8 @@ class GenerationMetrics(Callback):
         self.metrics.to(pl_module.device)
         self.metrics.reset()
         self.metrics.update(sources=sources, predictions=predictions, references=references)
-        for name, value in self.metrics.compute().items():  # compute gathers the states of every rank
+        scores = self.metrics.compute()  # gathers the states of every rank
+        for name, value in scores.items():
             # sync_dist is then a no-op average of equal values; it keeps Lightning's DDP warning quiet.
             pl_module.log(f"val/{name}", value, batch_size=1, sync_dist=True, prog_bar=name == self.metrics.tracked)
             if name == self.metrics.tracked:
@@ -124,10 +125,14 @@ class GenerationMetrics(Callback):
             rows = sorted((row for part in gathered for row in part), key=lambda row: row["index"])
         directory = Path(trainer.log_dir)  # a broadcast: every rank must ask
         if trainer.is_global_zero:
-            self._publish(trainer, directory, rows)
+            summary = ", ".join(f"{name} {float(value):.4g}" for name, value in scores.items())
+            self._publish(trainer, directory, rows, f"{len(pairs)} validation pairs: {summary}")
 
-    def _publish(self, trainer: L.Trainer, directory: Path, rows: list[dict]) -> None:
-        """Example table to the log directory, the console and table-capable loggers."""
+    def _publish(self, trainer: L.Trainer, directory: Path, rows: list[dict], summary: str) -> None:
+        """Example table to the log directory, the console and table-capable loggers.
+
+        The scores are the table's caption, so a log without a progress bar (a file, CI) keeps them.
+        """
         step = trainer.global_step
         write_jsonl_atomically(directory / f"examples_step{step}.jsonl", rows)
 
@@ -135,7 +140,7 @@ class GenerationMetrics(Callback):
             from rich.console import Console
             from rich.table import Table
 
-            table = Table(title=f"validation examples, step {step}", show_lines=True)
+            table = Table(title=f"validation examples, step {step}", caption=summary, show_lines=True)
             for field in FIELDS[1:]:
                 table.add_column(field, overflow="fold")
             for row in rows[: self.show]:

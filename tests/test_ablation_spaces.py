@@ -29,6 +29,7 @@ def test_ablation_runs_end_to_end_at_a_tiny_budget(tmp_path):
             "--config", str(ROOT / "experiments" / "ablation_spaces" / "budget.yaml"),
             "--config", str(widths),
             "--steps", "2",
+            "--train-seeds", "0", "1",
             "--eval-size", "3",
             "--sampling-steps", "1", "2",
             "--noise-scales", "1.0",
@@ -39,8 +40,17 @@ def test_ablation_runs_end_to_end_at_a_tiny_budget(tmp_path):
         ]
     )
     assert list(results) == ["smoothie", "gaussian", "simplex"]
-    assert all(set(result["sacrebleu"]) == {"1/1", "1/2"} for result in results.values())
+    for result in results.values():
+        runs = result["runs"]
+        assert [run["seed"] for run in runs] == [0, 1] and runs[0]["train_loss"] != runs[1]["train_loss"]
+        for key in ("1/1", "1/2"):  # the mean and sample standard deviation of two numbers, by hand
+            a, b = (run["sacrebleu"][key] for run in runs)
+            assert result["sacrebleu"][key] == pytest.approx((a + b) / 2)
+            assert result["sacrebleu_sd"][key] == pytest.approx(abs(a - b) / 2**0.5)
     table = (out / "results.md").read_text().splitlines()
+    assert "mean ± sd over training seeds 0, 1" in table[0]
     assert table[2] == "| space | noise scale | 1 steps | 2 steps | train loss | train min |"
     assert [line.split(" | ")[0] for line in table[4:]] == ["| smoothie", "| gaussian", "| simplex"]
+    smoothie = results["smoothie"]
+    assert table[4].split(" | ")[2] == f"{smoothie['sacrebleu']['1/1']:.2f} ± {smoothie['sacrebleu_sd']['1/1']:.2f}"
     assert (out / "sacrebleu_vs_steps.png").stat().st_size > 0 and (out / "results.json").is_file()

@@ -4,10 +4,12 @@ Each space is trained with the same denoiser, data, seed and number of steps
 (``lightning_configs/demo.yaml`` + ``budget.yaml`` unless ``--config`` says
 otherwise), one after another, then evaluated identically: validation
 SacreBLEU on the first ``--eval-size`` pairs, the same sampling seed, at every
-``--sampling-steps`` and ``--noise-scales``. Writes ``results.md`` (a markdown
-table), ``results.json`` and ``sacrebleu_vs_steps.png`` into ``--out``.
+``--sampling-steps`` and ``--noise-scales``. With several ``--train-seeds``
+each space is trained once per seed and the table gives the mean and the
+standard deviation over seeds. Writes ``results.md`` (a markdown table),
+``results.json`` and ``sacrebleu_vs_steps.png`` into ``--out``.
 
-    python experiments/ablation_spaces/run.py --steps 800 --out runs/ablation_spaces
+    python experiments/ablation_spaces/run.py --steps 800 --train-seeds 0 1 2 --out runs/ablation_spaces
 
 Any other ``--key=value`` argument is passed to every run's ``smoothie`` CLI.
 """
@@ -16,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import time
 from pathlib import Path
 
@@ -36,24 +39,27 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--noise-scales", nargs="+", type=float, default=[0.5, 1.0])
     parser.add_argument("--eval-size", type=int, default=100, help="first N validation pairs")
     parser.add_argument("--seed", type=int, default=0, help="sampling seed, the same for every space")
+    parser.add_argument("--train-seeds", nargs="+", type=int, default=[0], help="training seeds (seed_everything)")
     parser.add_argument("--out", type=Path, default=Path("runs/ablation_spaces"))
-    parser.add_argument("--save-checkpoint", action="store_true", help="keep each space's model as OUT/SPACE/last.ckpt")
+    parser.add_argument("--save-checkpoint", action="store_true", help="keep each model as OUT/SPACE/seedN/last.ckpt")
     args, overrides = parser.parse_known_args(argv)
     args.overrides = overrides  # any other ``--key=value`` goes to every run's CLI, e.g. --model.optim.lr=5e-4
     return args
 
 
-def train(space: str, args: argparse.Namespace):
-    """Fit one space; returns the module (EMA weights, if configured), the data and the fit's seconds and loss."""
+def train(space: str, seed: int, args: argparse.Namespace):
+    """Fit one space from one seed; returns the module (EMA weights, if configured), the data, seconds and loss."""
     configs = args.config or DEFAULT_CONFIGS
+    root = args.out / space / f"seed{seed}"
     cli = build_cli(
         [
             *(f"--config={config}" for config in configs),
+            f"--seed_everything={seed}",
             f"--model.space={space}",
             # The base config's kernel widths are Smoothie's; the other spaces keep their own schedules.
             *([] if space == "smoothie" else ["--model.schedule=null"]),
             f"--trainer.max_steps={args.steps}",
-            f"--trainer.default_root_dir={args.out / space}",
+            f"--trainer.default_root_dir={root}",
             *args.overrides,
         ],
         run=False,
@@ -62,7 +68,7 @@ def train(space: str, args: argparse.Namespace):
     cli.trainer.fit(cli.model, datamodule=cli.datamodule)
     seconds = time.perf_counter() - start
     if args.save_checkpoint:
-        cli.trainer.save_checkpoint(args.out / space / "last.ckpt")
+        cli.trainer.save_checkpoint(root / "last.ckpt")
     return cli.model, cli.datamodule, seconds, float(cli.trainer.callback_metrics["train/loss"])
 
 
@@ -84,17 +90,36 @@ def evaluate(model, sources: list[str], references: list[str], args: argparse.Na
     return scores
 
 
+def summarise(runs: list[dict]) -> dict:
+    """One space's runs (one per training seed): the mean of every score, its standard deviation, mean time and loss."""
+    keys = runs[0]["sacrebleu"]
+    spread = statistics.stdev if len(runs) > 1 else (lambda values: 0.0)
+    return {
+        "runs": runs,
+        "sacrebleu": {key: statistics.fmean(run["sacrebleu"][key] for run in runs) for key in keys},
+        "sacrebleu_sd": {key: spread([run["sacrebleu"][key] for run in runs]) for key in keys},
+        "train_seconds": statistics.fmean(run["train_seconds"] for run in runs),
+        "train_loss": statistics.fmean(run["train_loss"] for run in runs),
+    }
+
+
 def markdown_table(results: dict[str, dict], args: argparse.Namespace) -> str:
     columns = [f"{steps} steps" for steps in args.sampling_steps]
+    seeds = args.train_seeds
+    over = f"mean ± sd over training seeds {', '.join(map(str, seeds))}" if len(seeds) > 1 else f"training seed {seeds[0]}"
     lines = [
-        f"Validation SacreBLEU (first {args.eval_size} pairs, seed {args.seed}) after {args.steps} training steps.",
+        f"Validation SacreBLEU (first {args.eval_size} pairs, sampling seed {args.seed}; {over}) "
+        f"after {args.steps} training steps.",
         "",
         "| space | noise scale | " + " | ".join(columns) + " | train loss | train min |",
         "|---|---|" + "---|" * len(columns) + "---|---|",
     ]
     for space, result in results.items():
         for scale in args.noise_scales:
-            cells = [f"{result['sacrebleu'][f'{scale:g}/{steps}']:.2f}" for steps in args.sampling_steps]
+            keys = [f"{scale:g}/{steps}" for steps in args.sampling_steps]
+            cells = [f"{result['sacrebleu'][key]:.2f}" for key in keys]
+            if len(seeds) > 1:
+                cells = [f"{cell} ± {result['sacrebleu_sd'][key]:.2f}" for cell, key in zip(cells, keys)]
             lines.append(
                 f"| {space} | {scale:g} | " + " | ".join(cells)
                 + f" | {result['train_loss']:.3f} | {result['train_seconds'] / 60:.1f} |"
@@ -111,8 +136,12 @@ def plot(results: dict[str, dict], args: argparse.Namespace, path: Path) -> None
     axis = figure.subplots()
     for space, result in results.items():
         for scale, style in zip(args.noise_scales, ("-", "--", ":", "-.")):
-            values = [result["sacrebleu"][f"{scale:g}/{steps}"] for steps in args.sampling_steps]
-            axis.plot(args.sampling_steps, values, style, marker="o", label=f"{space}, noise {scale:g}")
+            keys = [f"{scale:g}/{steps}" for steps in args.sampling_steps]
+            axis.errorbar(
+                args.sampling_steps, [result["sacrebleu"][key] for key in keys],
+                yerr=[result["sacrebleu_sd"][key] for key in keys], fmt=style, marker="o", capsize=3,
+                label=f"{space}, noise {scale:g}",
+            )
     axis.set_xscale("log")
     axis.set_xlabel("sampling steps")
     axis.set_ylabel("validation SacreBLEU")
@@ -127,11 +156,14 @@ def main(argv: list[str] | None = None) -> dict[str, dict]:
     args.out.mkdir(parents=True, exist_ok=True)
     results = {}
     for space in args.spaces:
-        model, datamodule, seconds, loss = train(space, args)
-        sources, references = validation_subset(datamodule, args.eval_size)
-        scores = evaluate(model, sources, references, args)
-        results[space] = {"train_seconds": seconds, "train_loss": loss, "sacrebleu": scores}
-        print(f"{space}: {results[space]}", flush=True)
+        runs = []
+        for seed in args.train_seeds:
+            model, datamodule, seconds, loss = train(space, seed, args)
+            sources, references = validation_subset(datamodule, args.eval_size)
+            scores = evaluate(model, sources, references, args)
+            runs.append({"seed": seed, "train_seconds": seconds, "train_loss": loss, "sacrebleu": scores})
+            print(f"{space}, seed {seed}: {runs[-1]}", flush=True)
+        results[space] = summarise(runs)
     (args.out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     (args.out / "results.md").write_text(markdown_table(results, args))
     plot(results, args, args.out / "sacrebleu_vs_steps.png")

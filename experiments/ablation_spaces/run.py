@@ -78,6 +78,11 @@ def validation_subset(datamodule, size: int) -> tuple[list[str], list[str]]:
     return [r["src"] for r in records], [r["trg"] for r in records]
 
 
+def score_key(scale: float, steps: int) -> str:
+    """The results' key of one (noise scale, sampling steps) setting, e.g. ``"0.5/20"``."""
+    return f"{scale:g}/{steps}"
+
+
 def evaluate(model, sources: list[str], references: list[str], args: argparse.Namespace) -> dict[str, float]:
     """SacreBLEU for every (noise scale, steps), keyed ``"scale/steps"``; the seed is the same for every space."""
     scores = {}
@@ -86,7 +91,7 @@ def evaluate(model, sources: list[str], references: list[str], args: argparse.Na
         for steps in args.sampling_steps:
             metric = SacreBLEU()
             metric.update(model.generate(sources, steps=steps, seed=args.seed), references)
-            scores[f"{scale:g}/{steps}"] = float(metric.compute())
+            scores[score_key(scale, steps)] = float(metric.compute())
     return scores
 
 
@@ -116,7 +121,7 @@ def markdown_table(results: dict[str, dict], args: argparse.Namespace) -> str:
     ]
     for space, result in results.items():
         for scale in args.noise_scales:
-            keys = [f"{scale:g}/{steps}" for steps in args.sampling_steps]
+            keys = [score_key(scale, steps) for steps in args.sampling_steps]
             cells = [f"{result['sacrebleu'][key]:.2f}" for key in keys]
             if len(seeds) > 1:
                 cells = [f"{cell} ± {result['sacrebleu_sd'][key]:.2f}" for cell, key in zip(cells, keys)]
@@ -136,7 +141,7 @@ def plot(results: dict[str, dict], args: argparse.Namespace, path: Path) -> None
     axis = figure.subplots()
     for space, result in results.items():
         for scale, style in zip(args.noise_scales, ("-", "--", ":", "-.")):
-            keys = [f"{scale:g}/{steps}" for steps in args.sampling_steps]
+            keys = [score_key(scale, steps) for steps in args.sampling_steps]
             axis.errorbar(
                 args.sampling_steps, [result["sacrebleu"][key] for key in keys],
                 yerr=[result["sacrebleu_sd"][key] for key in keys], fmt=style, marker="o", capsize=3,

@@ -32,6 +32,33 @@ def test_an_emulated_bf16_autocast_is_switched_off_and_a_real_one_kept(bf16_unit
         assert layer(torch.ones(2, 4)).dtype == torch.float32
 
 
+@pytest.mark.parametrize(
+    ("onednn", "avx512_bf16", "amx", "expected"),
+    [(True, False, False, False), (True, True, False, True), (True, False, True, True), (False, True, True, False)],
+)
+def test_bf16_units_need_the_instructions_not_only_onednn(monkeypatch, onednn, avx512_bf16, amx, expected):
+    # oneDNN reports bf16 support on any AVX-512 CPU, where it emulates bf16 4x slower than fp32.
+    precision.cpu_has_bf16_units.cache_clear()
+    monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: onednn, raising=False)
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: avx512_bf16, raising=False)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx, raising=False)
+    try:
+        assert precision.cpu_has_bf16_units() is expected
+    finally:
+        precision.cpu_has_bf16_units.cache_clear()
+
+
+def test_bf16_units_agree_with_the_kernels_cpu_flags():
+    try:
+        flags = next(line for line in open("/proc/cpuinfo") if line.startswith("flags")).split()
+    except (OSError, StopIteration):
+        pytest.skip("no /proc/cpuinfo flags on this system")
+    if not torch.backends.mkldnn.is_available():
+        pytest.skip("this torch build has no oneDNN")
+    precision.cpu_has_bf16_units.cache_clear()
+    assert precision.cpu_has_bf16_units() == ("avx512_bf16" in flags or "amx_bf16" in flags)
+
+
 @pytest.mark.slow  # a one-step fit: about 10 s on 2 busy cores
 def test_a_bf16_mixed_fit_on_a_cpu_without_bf16_units_computes_fp32_and_says_so(
     word_model, pairs_dir, tmp_path, monkeypatch

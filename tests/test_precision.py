@@ -1,5 +1,7 @@
 """bf16 where the hardware has it, fp32 where it would be emulated; the module says which path it runs."""
 
+from pathlib import Path
+
 import lightning as L
 import pytest
 import torch
@@ -50,7 +52,8 @@ def test_bf16_units_need_the_instructions_not_only_onednn(monkeypatch, onednn, a
 
 def test_bf16_units_agree_with_the_kernels_cpu_flags():
     try:
-        flags = next(line for line in open("/proc/cpuinfo") if line.startswith("flags")).split()
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+        flags = next(line for line in lines if line.startswith("flags")).split()
     except (OSError, StopIteration):
         pytest.skip("no /proc/cpuinfo flags on this system")
     if not torch.backends.mkldnn.is_available():

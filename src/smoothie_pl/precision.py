@@ -19,6 +19,10 @@ VOCAB_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16":
 """The dtypes the vocabulary matmuls can be asked for by name, besides ``"auto"``."""
 
 
+BF16_INSTRUCTION_PROBES = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+"""torch.cpu's probes of the instructions that multiply bf16 natively (x86)."""
+
+
 @functools.lru_cache(maxsize=1)
 def cpu_has_bf16_units() -> bool:
     """Whether this CPU multiplies bf16 in hardware: the AVX512-BF16 or AMX instructions, and oneDNN to use them.
@@ -31,10 +35,6 @@ def cpu_has_bf16_units() -> bool:
         return False
     instructions = (getattr(torch.cpu, name, lambda: False)() for name in BF16_INSTRUCTION_PROBES)
     return onednn and any(instructions)
-
-
-BF16_INSTRUCTION_PROBES = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
-"""torch.cpu's probes of the instructions that multiply bf16 natively (x86)."""
 
 
 def fast_bf16(device: torch.device | str) -> bool:

@@ -73,6 +73,35 @@ def test_mostly_distinct_rows_are_not_deduplicated():
     assert distinct.shape[0] == 5 and torch.equal(distinct[row_of], query)
 
 
+def test_rows_that_share_a_projection_are_still_told_apart():
+    """Rows are grouped by one projection first; two different rows with the same one must not merge."""
+    # distinct_rows projects onto linspace(1, 2, d) = (1, 2) for d = 2: both rows project to 2.
+    query = torch.tensor([[2.0, 0.0], [0.0, 1.0], [2.0, 0.0], [0.0, 1.0], [2.0, 0.0], [0.0, 1.0]])
+    distinct, row_of = distinct_rows(query)
+    assert distinct.shape == (2, 2) and torch.equal(distinct[row_of], query)
+    assert row_of[0] == row_of[2] == row_of[4] != row_of[1] == row_of[3] == row_of[5]
+
+
+@pytest.mark.parametrize("autocast", [False, True])
+def test_clamped_rows_are_grouped_one_row_per_token(autocast, monkeypatch):
+    """Without the row-wise unique (it copies every row on its own), also under bf16 autocast, where training and
+    sampling run and which would round the projection to bf16, merging different rows."""
+    unique = torch.unique
+
+    def unique_of_numbers_only(values, *args, **kwargs):
+        assert kwargs.get("dim") is None, "the row-wise unique ran although the projections tell the rows apart"
+        return unique(values, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "unique", unique_of_numbers_only)
+    torch.manual_seed(0)
+    embeddings = torch.randn(2000, 64)
+    tokens = torch.randint(0, 2000, (600,)) % 150
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+        distinct, row_of = distinct_rows(embeddings[tokens])
+    assert torch.equal(distinct[row_of], embeddings[tokens])
+    assert sorted(distinct.tolist()) == sorted(embeddings[tokens.unique()].tolist())
+
+
 def test_bf16_matmuls_stay_close(problem):
     query, embeddings, mu, std = problem
     streamed = noisy_vocab_attention(

@@ -8,7 +8,7 @@ import torch
 
 from smoothie_pl.models import DenoiserConfig
 from smoothie_pl.models.denoiser import AlignedSource
-from smoothie_pl.models.layers import Block, PreNormBlock, SwiGLU
+from smoothie_pl.models.layers import Attention, Block, PreNormBlock, SwiGLU, rotate
 from smoothie_pl.module import SmoothieModule
 from smoothie_pl.text import leading_special_tokens
 
@@ -182,3 +182,24 @@ def test_source_skip_adds_the_copy_to_the_plain_prediction(word_model):
         DenoiserConfig(source_skip=True, source_encoder="none")
     with pytest.raises(ValueError, match="source_skip copies source tokens into the target's embedding"):
         SmoothieModule(embedding=word_model, source_embedding=word_model, denoiser=DenoiserConfig(source_skip=True))
+
+
+@pytest.mark.parametrize("rope", [False, True])
+def test_attention_matches_its_formula_with_and_without_grad(rope):
+    """CPU attention takes the plain path when a backward may follow and flash when none can: both are the formula."""
+    torch.manual_seed(0)
+    attention = Attention(width=16, heads=2, dropout=0.0, rope=rope)
+    x, context = torch.randn(3, 5, 16), torch.randn(3, 7, 16)
+    mask = torch.tensor([[True] * 7, [True] * 4 + [False] * 3, [True] + [False] * 6])
+    q = attention.query(x).view(3, 5, 2, 8).transpose(1, 2)
+    k, v = attention.key_value(context).view(3, 7, 2, 2, 8).unbind(2)
+    k, v = k.transpose(1, 2), v.transpose(1, 2)
+    if rope:
+        q, k = rotate(q), rotate(k)
+    scores = (q @ k.transpose(-1, -2) / 8**0.5).masked_fill(~mask[:, None, None, :], float("-inf"))
+    expected = attention.out((scores.softmax(-1) @ v).transpose(1, 2).reshape(3, 5, 16))
+    with_grad = attention(x, context, mask)
+    with torch.no_grad():
+        without_grad = attention(x, context, mask)
+    torch.testing.assert_close(with_grad, expected, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(without_grad, expected, rtol=1e-5, atol=1e-6)

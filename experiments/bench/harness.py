@@ -128,6 +128,8 @@ def run_worker(script: str, case: dict) -> dict:
     # follows live memory: otherwise glibc keeps freed heap pages, and a case's peak would depend
     # on what an earlier step happened to leave behind.
     env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": str(2**20)}
+    if case.get("src"):  # another checkout's package (a baseline commit) in place of this one's
+        env["PYTHONPATH"] = os.pathsep.join([str(Path(case["src"]).resolve()), env.get("PYTHONPATH", "")])
     busy = [subprocess.Popen([sys.executable, "-c", BUSY_LOOP, str(seed)]) for seed in range(busy_processes)]
     try:
         result = subprocess.run(

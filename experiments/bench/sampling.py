@@ -11,6 +11,11 @@ whatever the CPU, 8 sequences per batch), the authors' formulation (the
 literal distance matrix, softmax and matmul at the full 30,522-row
 vocabulary, same dtypes), and the library's default (``vocab_dtype: auto``,
 no emulated bf16, see ``smoothie_pl.precision``) at 8 and at 64 sequences per batch.
+Every variant samples as the demo does: each prediction clamped to its nearest
+vocabulary row before it is re-noised. ``--baseline-src DIR`` adds the library
+default of another checkout (``DIR`` is its ``src/``, e.g. a ``git worktree`` of
+an earlier commit) at both batch sizes, interleaved with the rest, and a column
+with the ratio to it.
 """
 
 from __future__ import annotations
@@ -23,9 +28,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import harness  # noqa: E402
 from train_step import DEMO, TINY, autocast, batches, build, measure_one  # noqa: E402
 
-OLD_DEFAULT = {"impl": "streaming", "precision": "bf16", "vocab_dtype": "bfloat16", "batch": 8}
+OLD_DEFAULT = {"impl": "streaming", "precision": "bf16", "vocab_dtype": "bfloat16", "batch": 8, "clamp": True}
 AUTHORS = {**OLD_DEFAULT, "impl": "literal", "vocab": 30522}
-NEW_DEFAULT = {"impl": "streaming", "precision": "bf16", "vocab_dtype": "auto", "hardware_aware": True, "batch": 8}
+NEW_DEFAULT = {
+    "impl": "streaming", "precision": "bf16", "vocab_dtype": "auto", "hardware_aware": True, "batch": 8, "clamp": True
+}
 VARIANTS = [OLD_DEFAULT, AUTHORS, NEW_DEFAULT, {**NEW_DEFAULT, "batch": 64}]
 
 
@@ -36,6 +43,7 @@ def measure(case: dict) -> dict:
         return measure_one({**case, "steps": 2})
     module, _ = build(case)
     module.eval()
+    module.pipeline.clamp = case["clamp"]
     batch, generator = next(batches(case)), torch.Generator().manual_seed(1)
 
     def sample():
@@ -45,13 +53,23 @@ def measure(case: dict) -> dict:
     with harness.PeakMemory() as memory:
         seconds = harness.timed(sample)
     token_steps = case["batch"] * case["length"] * case["steps"]
-    return {"seconds": seconds, "token_steps_per_s": token_steps / seconds, "extra_bytes": memory.extra_bytes}
+    package = str(Path(sys.modules["smoothie_pl"].__file__).parent)  # which checkout ran (--baseline-src)
+    return {"seconds": seconds, "token_steps_per_s": token_steps / seconds, "extra_bytes": memory.extra_bytes,
+            "package": package}
 
 
 def variant_name(record: dict) -> str:
     if record.get("impl") == "literal":
         return "authors' formulation (literal, full vocabulary)"
+    if record.get("src"):
+        return f"library default at {record['src']}"
     return "library default" if record.get("hardware_aware") else "old default (bf16 whatever the CPU)"
+
+
+def baseline_rate(record: dict, group: list[dict]) -> float | None:
+    """Token-steps/s of the ``--baseline-src`` row with the same batch, if there is one."""
+    matches = [r for r in group if r.get("src") and r["batch"] == record["batch"]]
+    return matches[0].get("token_steps_per_s") if matches else None
 
 
 def run(args) -> tuple[str, dict]:
@@ -60,7 +78,7 @@ def run(args) -> tuple[str, dict]:
         variants = [{**variant, "batch": 2, "vocab": 500} for variant in VARIANTS[:3]]
     else:
         base, step_counts = {"denoiser": DEMO, "vocab": 9679, "length": 64}, args.steps
-        variants = VARIANTS
+        variants = VARIANTS + [{**variant, "src": args.baseline_src} for variant in VARIANTS[2:] if args.baseline_src]
     training = harness.interleaved(
         __file__, [{**base, **NEW_DEFAULT, "batch": 32 if not args.tiny else 2, "training": True}], [{}], 1
     )[0]
@@ -77,9 +95,10 @@ def run(args) -> tuple[str, dict]:
                 record["steps"], variant_name(record), f"{record['vocab']:,}", record["batch"],
                 f"{rate:,.0f}" if rate else record.get("error", "-"), harness.ratio(rate, old),
                 harness.ratio(rate, train_rate), harness.gib(record.get("extra_bytes")),
-            ])
+            ] + ([harness.ratio(rate, baseline_rate(record, group))] if args.baseline_src else []))
     headers = ["steps", "variant", "V", "batch", "token-steps/s", "over the old default",
                f"over training tokens/s ({train_rate or 0:,.0f})", "extra GiB"]
+    headers += ["over the same batch at --baseline-src"] if args.baseline_src else []
     return harness.markdown_table(headers, rows), {"records": records, "training": training}
 
 
@@ -87,6 +106,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("--steps", type=int, nargs="+", default=[10, 50], help="sampler step counts")
     parser.add_argument("--slow-seconds", type=float, default=120.0,
                         help="a step count whose first round takes longer gets no more rounds")
+    parser.add_argument("--baseline-src", help="another checkout's src/ (an earlier commit), measured as extra rows")
 
 
 if __name__ == "__main__":

@@ -12,6 +12,10 @@ source's length plus the margin, in batches of similar lengths). The second
 table times the decoding cross-entropy with its backward at the demo size:
 the checkpointed path (one pass for the loss, a recomputing pass and its
 backward) against the one-pass path that ``decoding_loss_weight`` uses.
+Steps run under the autocast the demo's trainer takes (bf16 where the CPU has
+bf16 units, see ``smoothie_pl.precision``). ``--baseline-src DIR`` adds the
+windowed demo step of another checkout (``DIR`` is its ``src/``, e.g. a
+``git worktree`` of an earlier commit), interleaved with the rest.
 """
 
 from __future__ import annotations
@@ -54,11 +58,15 @@ def build(case: dict):
 def measure_step(case: dict) -> dict:
     import torch
 
+    from smoothie_pl.precision import fast_bf16
+
     module, optimizer, data = build(case)
     loader, generator = iter(data.train_dataloader()), torch.Generator().manual_seed(1)
 
     def step(batch) -> None:
-        module.diffusion_loss(batch, generator).backward()
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=fast_bf16("cpu")):  # the trainer's bf16-mixed
+            loss = module.diffusion_loss(batch, generator)
+        loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
 
@@ -102,12 +110,14 @@ def run(args) -> tuple[str, dict]:
     data_dir = str(args.data_dir.resolve())
     step_case = {"data_dir": data_dir, "steps": 2 if args.tiny else args.steps, "tiny": args.tiny}
     windows = [{}, {"length_from_source": args.margin, "buckets": True}]
+    windows += [{**windows[1], "src": args.baseline_src}] if args.baseline_src else []
     steps = harness.interleaved(__file__, [step_case], windows, args.rounds, slow_seconds=10_000)
     base = steps[0].get("seconds_per_step")
     rows = []
     for record in steps:
         name = "all target positions (the paper's)" if not record.get("buckets") else (
             f"`length_from_source: {args.margin}`, `length_buckets: true`")
+        name += f" at {record['src']}" if record.get("src") else ""
         seconds = record.get("seconds_per_step")
         rows.append([name, f"{record.get('mean_width', 0):.1f}", f"{seconds:.2f}" if seconds else record.get("error"),
                      harness.ratio(base, seconds)])
@@ -126,6 +136,7 @@ def run(args) -> tuple[str, dict]:
 def add_arguments(parser) -> None:
     parser.add_argument("--steps", type=int, default=8, help="timed training steps per round")
     parser.add_argument("--margin", type=int, default=8, help="length_from_source margin of the windowed variant")
+    parser.add_argument("--baseline-src", help="another checkout's src/ (an earlier commit): its windowed step as a row")
     parser.add_argument("--data-dir", type=Path, default=ROOT / "data" / "bible", help="the Bible pairs (made if missing)")
 
 

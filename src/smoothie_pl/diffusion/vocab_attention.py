@@ -52,39 +52,40 @@ def _chunk_view(buffer: torch.Tensor, rows: int, columns: int) -> torch.Tensor:
 
 
 def _noisy_chunks(
-    add_clean_logits: Callable[[int, int, torch.Tensor, bool], torch.Tensor],
+    fill_clean_logits: Callable[[int, torch.Tensor, torch.Tensor], None],
     n: int,
-    vocab_size: int,
+    embeddings: torch.Tensor,
     std: torch.Tensor | None,
     generator: torch.Generator | None,
     chunk_size: int,
-    device: torch.device,
+    compute_dtype: torch.dtype,
 ) -> Iterator[tuple[int, torch.Tensor, torch.Tensor]]:
     """``(start, rows, clean + std * eps)`` chunk by chunk: the one place the noise is drawn (none if ``std`` is ``None``).
 
-    ``add_clean_logits(start, width, out, accumulate)`` adds a chunk's clean
-    logits to ``out`` (fp32 ``[n, width]``), or writes them when ``accumulate``
-    is false, and returns the chunk's rows of ``E``. The noise is drawn straight
-    into the logits and the clean part added on top, so a chunk costs the
-    normals, one scaling and the matmul: on a busy machine every further
-    ``[n, chunk]`` operation is one more wait for a descheduled thread.
-    Chunk ``c`` takes ``[n, chunk]`` normals from ``generator`` in order, so
-    every consumer (the model input, the diagnostics) sees the same noise for
-    the same seed, and :func:`chunked_noise` materialises the same draws for the
-    literal formula. The logits live in one buffer reused for every chunk (a
-    fresh tensor per chunk is allocator churn: page faults and system time), so
+    ``fill_clean_logits(start, rows, out)`` writes a chunk's clean logits into
+    ``out`` (fp32 ``[n, chunk]``). Chunk ``c`` takes ``[n, chunk]`` normals from
+    ``generator`` in order, so every consumer (the model input, the
+    diagnostics) sees the same noise for the same seed, and
+    :func:`chunked_noise` materialises the same draws for the literal formula.
+    The logits live in one buffer reused for every chunk (a fresh ``[n, chunk]``
+    tensor per chunk is allocator churn: page faults and system time), so
     consume each chunk before asking for the next.
     """
     _check_chunk_size(chunk_size)
-    logits_buffer = torch.empty(n * min(chunk_size, vocab_size), device=device)
+    device = embeddings.device
+    width = min(chunk_size, embeddings.shape[0])
+    logits_buffer = torch.empty(n * width, device=device)
     if std is not None:
         noise_scale = std.float().unsqueeze(1)
+        noise_buffer = torch.empty(n * width, device=device)
     with torch.autocast(device_type=device.type, enabled=False):
-        for start in range(0, vocab_size, chunk_size):
-            logits = _chunk_view(logits_buffer, n, min(chunk_size, vocab_size - start))
+        for start in range(0, embeddings.shape[0], chunk_size):
+            rows = embeddings[start : start + chunk_size].to(compute_dtype)
+            logits = _chunk_view(logits_buffer, n, rows.shape[0])
+            fill_clean_logits(start, rows, logits)
             if std is not None:
-                logits.normal_(generator=generator).mul_(noise_scale)
-            rows = add_clean_logits(start, logits.shape[1], logits, std is not None)
+                noise = _chunk_view(noise_buffer, n, rows.shape[0]).normal_(generator=generator)
+                logits.addcmul_(noise, noise_scale)
             yield start, rows, logits
 
 
@@ -135,42 +136,29 @@ def noisy_logit_chunks(
     compute_dtype = compute_dtype or embeddings.dtype
     if half_sq_norms is None:
         half_sq_norms = half_squared_norms(embeddings)
-    n, dim = query.shape
+    n = query.shape[0]
     distinct, row_of = distinct_rows(query)
+    q = distinct.to(compute_dtype)
     logit_scale = (mu.float() / sigma0**2).unsqueeze(1)
-    # One matmul gives the chunk's logits: [q, -1] . [E_j, |E_j|^2 / 2] = q . E_j - |E_j|^2 / 2, with
-    # each row's scale folded into its query where rows are not shared (shared rows differ in t).
-    keys = torch.cat([embeddings.to(compute_dtype), half_sq_norms.unsqueeze(1).to(compute_dtype)], 1)
-    if row_of is None:
-        q = torch.cat([query.float() * logit_scale, -logit_scale], 1).to(compute_dtype)
-    else:
-        q = torch.cat([distinct.float(), -torch.ones(distinct.shape[0], 1, device=query.device)], 1).to(compute_dtype)
     width = min(chunk_size, embeddings.shape[0])
-    product_buffer = selected_buffer = None
-    if compute_dtype != torch.float32 or row_of is not None:
+    product_buffer = distinct_buffer = None
+    if compute_dtype != torch.float32:
         product_buffer = torch.empty(q.shape[0] * width, dtype=compute_dtype, device=q.device)
     if row_of is not None:
-        selected_buffer = torch.empty(n * width, dtype=compute_dtype, device=q.device)
+        distinct_buffer = torch.empty(q.shape[0] * width, device=q.device)
 
-    def add_distance_logits(start: int, width: int, out: torch.Tensor, accumulate: bool) -> torch.Tensor:
-        chunk = keys[start : start + width]
-        if product_buffer is None:  # fp32, every row its own: straight into the logits
-            out.addmm_(q, chunk.T, beta=1 if accumulate else 0)
-            return chunk[:, :dim]
-        product = torch.mm(q, chunk.T, out=_chunk_view(product_buffer, q.shape[0], width))
-        if row_of is not None:
-            product = torch.index_select(product, 0, row_of, out=_chunk_view(selected_buffer, n, width))
-            if accumulate:
-                out.addcmul_(product, logit_scale)
-            else:
-                torch.mul(product, logit_scale, out=out)
-        elif accumulate:
-            out.add_(product)
+    def distance_logits(start: int, rows: torch.Tensor, out: torch.Tensor) -> None:
+        target = out if row_of is None else _chunk_view(distinct_buffer, q.shape[0], rows.shape[0])
+        if product_buffer is None:
+            torch.mm(q, rows.T, out=target)
         else:
-            out.copy_(product)
-        return chunk[:, :dim]
+            target.copy_(torch.mm(q, rows.T, out=_chunk_view(product_buffer, *target.shape)))
+        target.sub_(half_sq_norms[start : start + rows.shape[0]])
+        if row_of is not None:
+            torch.index_select(target, 0, row_of, out=out)
+        out.mul_(logit_scale)
 
-    return _noisy_chunks(add_distance_logits, n, embeddings.shape[0], std, generator, chunk_size, query.device)
+    return _noisy_chunks(distance_logits, n, embeddings, std, generator, chunk_size, compute_dtype)
 
 
 def noisy_onehot_logit_chunks(
@@ -190,17 +178,15 @@ def noisy_onehot_logit_chunks(
     """
     tokens = tokens.view(-1, 1)
     height = height.float().view(-1, 1)
-    rows = embeddings.to(compute_dtype or embeddings.dtype)
 
-    def add_onehot_logits(start: int, width: int, out: torch.Tensor, accumulate: bool) -> torch.Tensor:
-        inside = (tokens >= start) & (tokens < start + width)
-        column = (tokens - start).clamp(0, width - 1)
-        if not accumulate:
-            out.zero_()
-        out.scatter_add_(1, column, height * inside)
-        return rows[start : start + width]
+    def onehot_logits(start: int, rows: torch.Tensor, out: torch.Tensor) -> None:
+        inside = (tokens >= start) & (tokens < start + rows.shape[0])
+        column = (tokens - start).clamp(0, rows.shape[0] - 1)
+        out.zero_().scatter_(1, column, height * inside)
 
-    return _noisy_chunks(add_onehot_logits, tokens.shape[0], embeddings.shape[0], std, generator, chunk_size, embeddings.device)
+    return _noisy_chunks(
+        onehot_logits, tokens.shape[0], embeddings, std, generator, chunk_size, compute_dtype or embeddings.dtype
+    )
 
 
 @torch.no_grad()

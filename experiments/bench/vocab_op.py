@@ -6,6 +6,9 @@
 Both implementations get the same inputs and the same noise (same generator,
 same chunk order). The literal formula is skipped where its ``[N, V]`` fp32
 tensors would not fit ``--literal-budget-gib`` (it holds about five).
+``--chunk-sizes`` measures the streaming op at several chunk sizes, and
+``--baseline-src DIR`` also another checkout's streaming op (``DIR`` is its
+``src/``, e.g. a ``git worktree`` of an earlier commit), in the same rounds.
 """
 
 from __future__ import annotations
@@ -42,7 +45,7 @@ def measure(case: dict) -> dict:
     def run(rows: int = positions):
         return attention(
             query[:rows], embeddings, mu[:rows], std[:rows], sigma0=1.5, generator=torch.Generator().manual_seed(1),
-            chunk_size=case.get("chunk_size", 1024), compute_dtype=dtype, half_sq_norms=norms,
+            chunk_size=case.get("chunk_size", ops.DEFAULT_CHUNK_SIZE), compute_dtype=dtype, half_sq_norms=norms,
         )
 
     run(rows=4)  # loads the kernels' code pages, which would otherwise count as the op's memory
@@ -59,36 +62,55 @@ def cases_of(grid: dict) -> list[dict]:
     return [dict(zip(grid, values)) for values in itertools.product(*grid.values())]
 
 
-def compare(script: str, cases: list[dict], rounds: int, budget_gib: float) -> list[dict]:
+def streaming_variants(chunk_sizes: list[int] | None, baseline_src: str | None) -> list[dict]:
+    """The streaming op at each chunk size (default: the library's), and the baseline checkout's too."""
+    sizes = [{"chunk_size": size} for size in chunk_sizes] if chunk_sizes else [{}]
+    sources = [{}] + ([{"src": baseline_src}] if baseline_src else [])
+    return [{"impl": "streaming", **size, **source} for size in sizes for source in sources]
+
+
+def compare(
+    script: str, cases: list[dict], rounds: int, budget_gib: float, streaming: list[dict] | None = None
+) -> list[dict]:
     """Streaming and literal records per case; literal only where it fits the memory budget."""
+    streaming = streaming or VARIANTS[:1]
     records = []
     for case in cases:
-        variants = VARIANTS if literal_fits(case, budget_gib) else VARIANTS[:1]
+        variants = streaming + VARIANTS[1:] if literal_fits(case, budget_gib) else streaming
         records += harness.interleaved(script, [case], variants, rounds)
-        if len(variants) == 1:
+        if variants is streaming:
             need = LITERAL_TENSORS * case["positions"] * case["vocab"] * 4
             records.append({**case, "impl": "literal", "skipped": f"needs ~{need / harness.GIB:.0f} GiB"})
     return records
+
+
+def streaming_label(record: dict) -> str:
+    label = f"streaming, chunks of {record['chunk_size']:,}" if "chunk_size" in record else "streaming"
+    return label + (f" at {record['src']}" if record.get("src") else "")
 
 
 def table(records: list[dict]) -> str:
     by_case: dict[tuple, dict] = {}
     for record in records:
         key = (record["vocab"], record["positions"], record["dim"], record["dtype"])
-        by_case.setdefault(key, {})[record["impl"]] = record
+        by_case.setdefault(key, {"streaming": []})
+        if record["impl"] == "literal":
+            by_case[key]["literal"] = record
+        else:
+            by_case[key]["streaming"].append(record)
     rows = []
-    for (vocab, positions, dim, dtype), pair in by_case.items():
-        stream, literal = pair["streaming"], pair.get("literal", {})
+    for (vocab, positions, dim, dtype), group in by_case.items():
+        literal = group.get("literal", {})
         literal_time = literal.get("seconds")
-        rows.append([
-            f"{vocab:,}", f"{positions:,}", dim, dtype,
+        rows += [[
+            streaming_label(stream), f"{vocab:,}", f"{positions:,}", dim, dtype,
             f"{stream.get('seconds', float('nan')):.3f}",
             f"{literal_time:.3f}" if literal_time else literal.get("skipped", literal.get("error", "-")),
             harness.ratio(literal_time, stream.get("seconds")),
             harness.gib(stream.get("extra_bytes")), harness.gib(literal.get("extra_bytes")),
             f"1/{literal['extra_bytes'] / stream['extra_bytes']:.0f}" if literal.get("extra_bytes") and stream.get("extra_bytes") else "-",
-        ])
-    headers = ["V", "positions", "d", "dtype", "streaming s", "literal s", "speed-up",
+        ] for stream in group["streaming"]]
+    headers = ["variant", "V", "positions", "d", "dtype", "streaming s", "literal s", "speed-up",
                "streaming GiB", "literal GiB", "streaming / literal memory"]
     return harness.markdown_table(headers, rows)
 
@@ -96,7 +118,8 @@ def table(records: list[dict]) -> str:
 def run(args) -> tuple[str, dict]:
     grid = dict(TINY_GRID if args.tiny else FULL_GRID)
     grid.update({key: getattr(args, key) for key in grid if getattr(args, key)})
-    records = compare(__file__, cases_of(grid), args.rounds, args.literal_budget_gib)
+    streaming = streaming_variants(args.chunk_sizes, args.baseline_src)
+    records = compare(__file__, cases_of(grid), args.rounds, args.literal_budget_gib, streaming)
     return table(records), {"records": records}
 
 
@@ -107,6 +130,8 @@ def add_budget_argument(parser) -> None:
 
 def add_arguments(parser) -> None:
     add_budget_argument(parser)
+    parser.add_argument("--chunk-sizes", type=int, nargs="+", help="streaming chunk sizes to compare (default: the library's)")
+    parser.add_argument("--baseline-src", help="another checkout's src/ (an earlier commit): its streaming op as rows")
     for key, kind in (("vocab", int), ("positions", int), ("dim", int), ("dtype", str)):
         parser.add_argument(f"--{key}", type=kind, nargs="+", help=f"override the grid's {key} values")
 

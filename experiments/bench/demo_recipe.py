@@ -117,7 +117,7 @@ def run(args) -> tuple[str, dict]:
     for record in steps:
         name = "all target positions (the paper's)" if not record.get("buckets") else (
             f"`length_from_source: {args.margin}`, `length_buckets: true`")
-        name += f" at {record['src']}" if record.get("src") else ""
+        name += harness.baseline_label(record)
         seconds = record.get("seconds_per_step")
         rows.append([name, f"{record.get('mean_width', 0):.1f}", f"{seconds:.2f}" if seconds else record.get("error"),
                      harness.ratio(base, seconds)])
@@ -136,7 +136,7 @@ def run(args) -> tuple[str, dict]:
 def add_arguments(parser) -> None:
     parser.add_argument("--steps", type=int, default=8, help="timed training steps per round")
     parser.add_argument("--margin", type=int, default=8, help="length_from_source margin of the windowed variant")
-    parser.add_argument("--baseline-src", help="another checkout's src/ (an earlier commit): its windowed step as a row")
+    harness.add_baseline_argument(parser)
     parser.add_argument("--data-dir", type=Path, default=ROOT / "data" / "bible", help="the Bible pairs (made if missing)")
 
 

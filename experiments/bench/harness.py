@@ -96,6 +96,17 @@ def load_vocab_attention():
     return module
 
 
+def add_baseline_argument(parser: argparse.ArgumentParser) -> None:
+    """``--baseline-src DIR``: a case with ``"src": DIR`` runs another checkout's package (see :func:`run_worker`)."""
+    parser.add_argument("--baseline-src", metavar="DIR",
+                        help="another checkout's src/ (e.g. a git worktree of an earlier commit), measured as extra rows")
+
+
+def baseline_label(record: dict) -> str:
+    """`` at DIR`` for a record measured with another checkout's package, else empty."""
+    return f" at {record['src']}" if record.get("src") else ""
+
+
 def timed(fn: Callable[[], object]) -> float:
     start = time.perf_counter()
     fn()

@@ -33,7 +33,8 @@ AUTHORS = {**OLD_DEFAULT, "impl": "literal", "vocab": 30522}
 NEW_DEFAULT = {
     "impl": "streaming", "precision": "bf16", "vocab_dtype": "auto", "hardware_aware": True, "batch": 8, "clamp": True
 }
-VARIANTS = [OLD_DEFAULT, AUTHORS, NEW_DEFAULT, {**NEW_DEFAULT, "batch": 64}]
+LIBRARY_DEFAULTS = [NEW_DEFAULT, {**NEW_DEFAULT, "batch": 64}]
+VARIANTS = [OLD_DEFAULT, AUTHORS, *LIBRARY_DEFAULTS]
 
 
 def measure(case: dict) -> dict:
@@ -62,7 +63,7 @@ def variant_name(record: dict) -> str:
     if record.get("impl") == "literal":
         return "authors' formulation (literal, full vocabulary)"
     if record.get("src"):
-        return f"library default at {record['src']}"
+        return "library default" + harness.baseline_label(record)
     return "library default" if record.get("hardware_aware") else "old default (bf16 whatever the CPU)"
 
 
@@ -78,7 +79,7 @@ def run(args) -> tuple[str, dict]:
         variants = [{**variant, "batch": 2, "vocab": 500} for variant in VARIANTS[:3]]
     else:
         base, step_counts = {"denoiser": DEMO, "vocab": 9679, "length": 64}, args.steps
-        variants = VARIANTS + [{**variant, "src": args.baseline_src} for variant in VARIANTS[2:] if args.baseline_src]
+        variants = VARIANTS + [{**variant, "src": args.baseline_src} for variant in LIBRARY_DEFAULTS if args.baseline_src]
     training = harness.interleaved(
         __file__, [{**base, **NEW_DEFAULT, "batch": 32 if not args.tiny else 2, "training": True}], [{}], 1
     )[0]
@@ -106,7 +107,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("--steps", type=int, nargs="+", default=[10, 50], help="sampler step counts")
     parser.add_argument("--slow-seconds", type=float, default=120.0,
                         help="a step count whose first round takes longer gets no more rounds")
-    parser.add_argument("--baseline-src", help="another checkout's src/ (an earlier commit), measured as extra rows")
+    harness.add_baseline_argument(parser)
 
 
 if __name__ == "__main__":

@@ -76,9 +76,9 @@ def compare(
     streaming = streaming or VARIANTS[:1]
     records = []
     for case in cases:
-        variants = streaming + VARIANTS[1:] if literal_fits(case, budget_gib) else streaming
-        records += harness.interleaved(script, [case], variants, rounds)
-        if variants is streaming:
+        fits = literal_fits(case, budget_gib)
+        records += harness.interleaved(script, [case], streaming + VARIANTS[1:] if fits else streaming, rounds)
+        if not fits:
             need = LITERAL_TENSORS * case["positions"] * case["vocab"] * 4
             records.append({**case, "impl": "literal", "skipped": f"needs ~{need / harness.GIB:.0f} GiB"})
     return records
@@ -86,7 +86,7 @@ def compare(
 
 def streaming_label(record: dict) -> str:
     label = f"streaming, chunks of {record['chunk_size']:,}" if "chunk_size" in record else "streaming"
-    return label + (f" at {record['src']}" if record.get("src") else "")
+    return label + harness.baseline_label(record)
 
 
 def table(records: list[dict]) -> str:
@@ -131,7 +131,7 @@ def add_budget_argument(parser) -> None:
 def add_arguments(parser) -> None:
     add_budget_argument(parser)
     parser.add_argument("--chunk-sizes", type=int, nargs="+", help="streaming chunk sizes to compare (default: the library's)")
-    parser.add_argument("--baseline-src", help="another checkout's src/ (an earlier commit): its streaming op as rows")
+    harness.add_baseline_argument(parser)
     for key, kind in (("vocab", int), ("positions", int), ("dim", int), ("dtype", str)):
         parser.add_argument(f"--{key}", type=kind, nargs="+", help=f"override the grid's {key} values")
 

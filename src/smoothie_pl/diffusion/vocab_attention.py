@@ -108,8 +108,9 @@ def distinct_rows(query: torch.Tensor, repeats: float = MIN_REPEATS) -> tuple[to
         0, row_of, torch.arange(n, device=query.device), "amin"
     )
     distinct = query[first]
-    if not torch.equal(distinct[row_of], query):
-        distinct, row_of = torch.unique(query, dim=0, return_inverse=True)
+    if torch.equal(distinct[row_of], query):
+        return distinct, row_of
+    distinct, row_of = torch.unique(query, dim=0, return_inverse=True)
     return (query, None) if distinct.shape[0] > (1 - repeats) * n else (distinct, row_of)
 
 

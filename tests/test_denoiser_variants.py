@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from smoothie_pl.models import DenoiserConfig
-from smoothie_pl.models.denoiser import AlignedSource
+from smoothie_pl.models.denoiser import AlignedSource, SourcePointer
 from smoothie_pl.models.layers import Attention, Block, PreNormBlock, SwiGLU, rotate
 from smoothie_pl.module import SmoothieModule
 from smoothie_pl.text import leading_special_tokens
@@ -182,6 +182,66 @@ def test_source_skip_adds_the_copy_to_the_plain_prediction(word_model):
         DenoiserConfig(source_skip=True, source_encoder="none")
     with pytest.raises(ValueError, match="source_skip copies source tokens into the target's embedding"):
         SmoothieModule(embedding=word_model, source_embedding=word_model, denoiser=DenoiserConfig(source_skip=True))
+
+
+def test_source_pointer_matches_the_pointer_generator_formula_written_out():
+    torch.manual_seed(0)
+    pointer = SourcePointer(width=4).double()
+    states, prediction = torch.randn(2, 3, 4, dtype=torch.float64), torch.randn(2, 3, 5, dtype=torch.float64)
+    source, tokens = torch.randn(2, 4, 4, dtype=torch.float64), torch.randn(2, 4, 5, dtype=torch.float64)
+    mask = torch.tensor([[True, True, True, True], [True, True, False, False]])
+    with torch.no_grad():
+        output = pointer(states, prediction, source, mask, tokens)
+        query, key, gate = pointer.query(states), pointer.key(source), pointer.gate(states)[..., 0]
+    for b in range(2):
+        real = [j for j in range(4) if mask[b, j]]
+        for i in range(3):
+            weights = [math.exp(float(query[b, i] @ key[b, j]) / 2.0) for j in real]  # sqrt(width) = 2
+            copied = sum(w * tokens[b, j] for w, j in zip(weights, real)) / sum(weights)
+            g = 1.0 / (1.0 + math.exp(-float(gate[b, i])))
+            torch.testing.assert_close(output[b, i], (1 - g) * prediction[b, i] + g * copied)
+
+
+def test_source_pointer_copies_the_token_it_points_at_and_never_padding():
+    pointer = SourcePointer(width=3)
+    with torch.no_grad():
+        pointer.query.weight.copy_(100 * torch.eye(3))
+        pointer.key.weight.copy_(torch.eye(3))
+        pointer.gate.weight.zero_()
+        for bias in (pointer.query.bias, pointer.key.bias):
+            bias.zero_()
+        pointer.gate.bias.fill_(40.0)  # the gate fully open
+    source = torch.eye(3)[None]  # source position j encodes as the j-th unit vector
+    tokens = torch.tensor([[[1.0, 2.0], [3.0, 4.0], [5.0, 6.0]]])
+    states = torch.eye(3)[[2, 0]][None]  # target position 0 points at source 2, position 1 at source 0
+    copied = pointer(states, torch.zeros(1, 2, 2), source, None, tokens)
+    torch.testing.assert_close(copied, tokens[:, [2, 0]])
+    hidden = torch.tensor([[True, True, False]])  # source 2 is padding: position 0 cannot point at it
+    assert not torch.allclose(pointer(states, torch.zeros(1, 2, 2), source, hidden, tokens)[0, 0], tokens[0, 2])
+
+
+def test_source_pointer_module_copies_from_the_source_tokens_and_learns(word_model):
+    module = variant_module(word_model, source_pointer=True)
+    ids, mask = encode(module, ["the cat sat on the mat", "love thy neighbour"], pad_to=10)
+    tokens = module.pipeline.source_copy(ids)
+    torch.testing.assert_close(tokens, module.embedding_matrix[ids])  # every source position, specials included
+    source = module.pipeline.encode_source(ids, mask)
+    x_t, t = torch.randn(2, 6, module.embedding_matrix.shape[1]), torch.full((2,), 0.3)
+    with torch.no_grad():
+        reference = module.denoiser(x_t, t, source, mask, source_copy=tokens)
+        padded_ids = ids.masked_fill(~mask, module.tokenizer.convert_tokens_to_ids("god"))
+        padded = module.pipeline.source_copy(padded_ids)
+        torch.testing.assert_close(module.denoiser(x_t, t, source, mask, source_copy=padded), reference)
+    module.train()
+    module.denoiser(x_t, t, source, mask, source_copy=tokens).square().sum().backward()
+    pointer = module.denoiser.source_pointer
+    assert all(p.grad.abs().sum() > 0 for p in (pointer.query.weight, pointer.key.weight, pointer.gate.weight))
+    with pytest.raises(ValueError, match="no source_copy was given"):
+        module.denoiser(x_t, t, source, mask)
+    with pytest.raises(ValueError, match="choose one"):
+        DenoiserConfig(source_skip=True, source_pointer=True)
+    with pytest.raises(ValueError, match="source_pointer copies source tokens into the target's embedding"):
+        SmoothieModule(embedding=word_model, source_embedding=word_model, denoiser=DenoiserConfig(source_pointer=True))
 
 
 @pytest.mark.parametrize("rope", [False, True])

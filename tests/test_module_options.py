@@ -350,7 +350,7 @@ def test_per_feature_standardisation_gives_every_real_column_mean_zero_and_std_o
 def test_all_options_train_save_load_and_sample_together(word_model, pairs_dir, tmp_path):
     import lightning as L
 
-    variant = {"self_conditioning": True, "block": "prenorm", "conditioning": "concat"}
+    variant = {"self_conditioning": True, "block": "prenorm", "conditioning": "concat", "source_pointer": True}
     denoiser = DenoiserConfig(**{**TINY.__dict__, **variant})
     options = dict(
         train_embeddings=True, masked_loss=True, cfg_dropout=0.2, sampling={"guidance_weight": 1.5, "clamp": True}

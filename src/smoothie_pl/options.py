@@ -127,9 +127,10 @@ def check_model_options(
         raise ValueError(f"cfg_dropout must be in [0, 1), got {cfg_dropout}")
     if cfg_dropout > 0 and denoiser.source_encoder == "none":
         raise ValueError("cfg_dropout drops the source, but denoiser.source_encoder is 'none' (unconditional)")
-    if denoiser.source_skip and source_embedding is not None:
+    copying = [name for name in ("source_skip", "source_pointer") if getattr(denoiser, name)]
+    if copying and source_embedding is not None:
         raise ValueError(
-            f"denoiser.source_skip copies source tokens into the target's embedding, but source_embedding is "
+            f"denoiser.{copying[0]} copies source tokens into the target's embedding, but source_embedding is "
             f"{source_embedding!r}: leave it unset"
         )
     if length_from_source is not None and (length_from_source < 0 or denoiser.source_encoder == "none"):

@@ -119,12 +119,16 @@ class SmoothiePipeline:
         return width, None if bool(live.all()) else live
 
     def source_copy(self, source_ids: torch.Tensor, length: int | None = None) -> torch.Tensor | None:
-        """Source token ``i`` (after its leading specials) at target position ``i``, as embeddings ``[B, L, d]``.
+        """The source's token embeddings in the target's space, for the denoiser to copy from.
 
-        ``None`` unless the denoiser has ``source_skip``; past the source's end the pad embedding.
-        ``length`` defaults to ``target_length``.
+        ``source_pointer``: as the source has them, ``[B, Ls, d]``. ``source_skip``: source token
+        ``i`` (after its leading specials) at target position ``i``, ``[B, L, d]``, the pad
+        embedding past the source's end; ``length`` defaults to ``target_length``. Else ``None``.
         """
-        if not self.denoiser.config.source_skip:
+        config = self.denoiser.config
+        if config.source_pointer:
+            return self.source_embeddings[source_ids]
+        if not config.source_skip:
             return None
         offset, pad = self.denoiser.leading_source_tokens, self.source_tokenizer.pad_token_id
         return self.source_embeddings[at_target_positions(source_ids, offset, length or self.target_length, pad)]
@@ -141,14 +145,16 @@ class SmoothiePipeline:
     ) -> torch.Tensor:
         """``e0_c + w (e0_c - e0_u)`` (classifier-free guidance); with ``w = 0`` only the conditional pass runs.
 
-        The unconditional pass has no source, so no ``source_copy`` either.
+        The unconditional pass has no source, so it copies nothing: a zero ``source_copy``,
+        as a dropped source gets in training.
         """
         conditional = self.denoiser(x_t, t, source, source_mask, previous, source_copy, target_mask).float()
         if self.guidance_weight == 0:
             return conditional
         everything = torch.ones(x_t.shape[0], dtype=torch.bool, device=x_t.device)
         null, null_mask = self.null_source(source, source_mask, everything)
-        unconditional = self.denoiser(x_t, t, null, null_mask, previous, target_mask=target_mask).float()
+        no_copy = None if source_copy is None else torch.zeros_like(source_copy)
+        unconditional = self.denoiser(x_t, t, null, null_mask, previous, no_copy, target_mask).float()
         return conditional + self.guidance_weight * (conditional - unconditional)
 
     def clamp_to_vocabulary(self, predicted: torch.Tensor) -> torch.Tensor:

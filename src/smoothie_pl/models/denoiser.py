@@ -39,7 +39,9 @@ class DenoiserConfig:
     cross-attention still reads the whole source. ``source_skip`` adds the
     source's own token embeddings, position by position, to the prediction
     (``e0 = f(...) + E[source_i]``): the untrained denoiser copies the source
-    and learns the edits; it needs the target's embedding on the source side.
+    and learns the edits. ``source_pointer`` lets each position copy a source
+    token it chooses (``SourcePointer``). Both need the target's embedding on
+    the source side, and at most one of them is on.
     """
 
     width: int = 768
@@ -57,6 +59,7 @@ class DenoiserConfig:
     conditioning: str = "cross_attention"
     aligned_source: bool = False
     source_skip: bool = False
+    source_pointer: bool = False
 
     def __post_init__(self) -> None:
         for name in ("width", "depth", "heads", "self_conditioning_depth"):
@@ -76,9 +79,11 @@ class DenoiserConfig:
             raise ValueError(
                 f"denoiser.conditioning must be one of {list(CONDITIONING_MODES)}, got {self.conditioning!r}"
             )
-        for name in ("aligned_source", "source_skip"):
+        for name in ("aligned_source", "source_skip", "source_pointer"):
             if getattr(self, name) and self.source_encoder == "none":
                 raise ValueError(f"denoiser.{name} needs a source: source_encoder is 'none'")
+        if self.source_skip and self.source_pointer:
+            raise ValueError("denoiser.source_skip and denoiser.source_pointer both copy the source: choose one")
 
     def make_block(self, cross_attention: bool):
         return make_block(
@@ -176,6 +181,42 @@ class AlignedSource(nn.Module):
         return self.projection(at_target_positions(source, self.offset, length))
 
 
+class SourcePointer(nn.Module):
+    """Mixes into each prediction the source token embeddings its position points at (a pointer-generator).
+
+    ``e0 = (1 - g) f + g sum_j a_j E[source_j]``, with ``f`` the denoiser's own
+    prediction, ``a`` one attention head from the denoiser's final states over
+    the encoded source (padding masked) and ``g`` a sigmoid gate per position.
+    A word the target keeps, a rare name split into WordPieces above all, is
+    then an exact row of ``E`` instead of one the read-out must rebuild, and an
+    inserted or dropped word only moves the pointer (where ``source_skip``, tied
+    to position ``i``, must be cancelled).
+    """
+
+    def __init__(self, width: int) -> None:
+        super().__init__()
+        self.query = nn.Linear(width, width)
+        self.key = nn.Linear(width, width)
+        self.gate = nn.Linear(width, 1)
+
+    def forward(
+        self,
+        states: torch.Tensor,
+        prediction: torch.Tensor,
+        source: torch.Tensor,
+        source_mask: torch.Tensor | None,
+        source_tokens: torch.Tensor,
+    ) -> torch.Tensor:
+        """Final ``states [B, L, width]``, ``prediction [B, L, d]``, encoded ``source [B, Ls, width]``, its key mask
+        and its token embeddings ``source_tokens [B, Ls, d]`` -> the mixed prediction ``[B, L, d]``."""
+        scores = self.query(states) @ self.key(source).transpose(1, 2) / source.shape[-1] ** 0.5
+        if source_mask is not None:
+            scores = scores.masked_fill(~source_mask.bool()[:, None, :], float("-inf"))
+        copied = scores.softmax(dim=-1) @ source_tokens.to(scores.dtype)
+        gate = torch.sigmoid(self.gate(states))
+        return prediction + gate * (copied - prediction)
+
+
 class PretrainedSourceEncoder(nn.Module):
     """The encoder of a Hugging Face model (e.g. the one ``E`` comes from), projected to the denoiser width."""
 
@@ -241,6 +282,7 @@ class UShapedDenoiser(nn.Module):
         if config.self_conditioning:
             self.self_conditioning = SelfConditioning(embedding_dim, config, max_length)
         self.aligned_source = AlignedSource(width, leading_source_tokens) if config.aligned_source else None
+        self.source_pointer = SourcePointer(width) if config.source_pointer else None
 
     @property
     def conditional(self) -> bool:
@@ -260,18 +302,22 @@ class UShapedDenoiser(nn.Module):
 
         ``previous`` is the self-conditioning input (a detached earlier prediction of ``e0``);
         without it (``None``) self-conditioning adds nothing and its encoder does not run.
-        ``source_copy [B, L, d]`` (``source_skip``: the source's token embeddings at the
-        target positions, ``SmoothiePipeline.source_copy``) is added to the prediction.
+        ``source_copy`` holds the source's token embeddings (``SmoothiePipeline.source_copy``):
+        with ``source_skip`` at the target positions, ``[B, L, d]``, added to the prediction;
+        with ``source_pointer`` as the source has them, ``[B, Ls, d]``, for the pointer to copy.
         ``target_mask [B, L]`` (True where modelled; ``None``: all) hides the other target
         positions from attention, so what they hold changes no modelled position.
         """
         if self.conditional and source is None:
             raise ValueError("this denoiser conditions on a source, but no source encoding was given")
+        if self.source_pointer is not None and source_copy is None:
+            raise ValueError("this denoiser's source_pointer copies source tokens, but no source_copy was given")
         length = x_t.shape[1]
         h = self.input(x_t) + self.positions(torch.arange(length, device=x_t.device))
         if self.aligned_source is not None:
             h = h + self.aligned_source(source, source_mask, length)
         padding_mask = target_mask
+        encoded_source, encoded_mask = source, source_mask  # the pointer's keys, also when joined to the stream
         if self.concat:
             h, padding_mask = self._join_source(h, source, source_mask, target_mask)
             source = source_mask = None
@@ -288,8 +334,11 @@ class UShapedDenoiser(nn.Module):
             if additions is not None:
                 block_input = block_input + additions[i]
             h = block(block_input, padding_mask, source, source_mask)
-        output = self.output(self.final_norm(h[:, :length]))
-        if source_copy is not None:
+        states = self.final_norm(h[:, :length])
+        output = self.output(states)
+        if self.source_pointer is not None:
+            output = self.source_pointer(states, output, encoded_source, encoded_mask, source_copy)
+        elif source_copy is not None:
             output = output + source_copy
         if self.self_conditioning is not None and previous is None and torch.is_grad_enabled():
             output = output + self.self_conditioning.zero_with_every_parameter()

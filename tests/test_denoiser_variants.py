@@ -235,6 +235,7 @@ def test_source_pointer_module_copies_from_the_source_tokens_and_learns(word_mod
     module.train()
     module.denoiser(x_t, t, source, mask, source_copy=tokens).square().sum().backward()
     pointer = module.denoiser.source_pointer
+    assert float(torch.sigmoid(pointer.gate.bias)) < 0.02  # starts as (almost) the plain denoiser
     assert all(p.grad.abs().sum() > 0 for p in (pointer.query.weight, pointer.key.weight, pointer.gate.weight))
     with pytest.raises(ValueError, match="no source_copy was given"):
         module.denoiser(x_t, t, source, mask)

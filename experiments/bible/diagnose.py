@@ -5,8 +5,8 @@ For each ``--ckpt LABEL=PATH`` on the first ``--pairs`` pairs of ``--split``:
 1. one-step denoising: token accuracy and x0 MSE of the first prediction over a
    grid of t (``Diagnostics.measure``, the noised true target as input);
 2. SacreBLEU against the number of sampling steps, with and without clamping;
-3. along the trajectory of the largest step count (without clamping): the
-   position-wise token accuracy of the decoded ``e0`` at every step, to see
+3. along the trajectory of the largest step count, with and without clamping:
+   the position-wise token accuracy of the decoded ``e0`` at every step, to see
    whether it rises and then falls (drift), and where.
 
 Writes ``diagnosis.json``, ``diagnosis.md`` and ``diagnosis.png`` into ``--out``.
@@ -75,7 +75,7 @@ def sacrebleu_at(model: SmoothieModule, sources, references, steps: int, seed: i
     return float(metric.compute())
 
 
-def trajectory_accuracy(model: SmoothieModule, sources, references, steps: int, seed: int) -> list[float]:
+def trajectory_accuracy(model: SmoothieModule, sources, references, steps: int, seed: int, clamp: bool) -> list[float]:
     """Token accuracy (non-pad reference positions) of the decoded ``e0`` after every step."""
     reference_ids = target_ids(model, references)
     pad = model.tokenizer.pad_token_id
@@ -88,19 +88,20 @@ def trajectory_accuracy(model: SmoothieModule, sources, references, steps: int, 
         decoded = torch.nn.functional.pad(decoded, (0, reference_ids.shape[1] - decoded.shape[1]), value=pad)
         accuracy.append(float((decoded == reference_ids)[real].float().mean()))
 
-    model.sampling = dataclasses.replace(model.sampling, clamp=False)
+    model.sampling = dataclasses.replace(model.sampling, clamp=clamp)
     model.generate(sources, steps=steps, seed=seed, batch_size=len(sources), callback=record)
     return accuracy
 
 
 def diagnose(model: SmoothieModule, sources, references, args: argparse.Namespace) -> dict:
-    result = {"one_step": one_step_curves(model, sources, references), "sacrebleu": {}}
+    result = {"one_step": one_step_curves(model, sources, references), "sacrebleu": {}, "trajectory": {}}
     for clamp in (False, True):
-        result["sacrebleu"]["clamp" if clamp else "plain"] = {
+        mode = "clamp" if clamp else "plain"
+        result["sacrebleu"][mode] = {
             steps: sacrebleu_at(model, sources, references, steps, args.seed, clamp) for steps in args.steps
         }
-        print(f"  SacreBLEU {'clamped' if clamp else 'plain'}: {result['sacrebleu']['clamp' if clamp else 'plain']}", flush=True)
-    result["trajectory"] = {"steps": max(args.steps), "accuracy": trajectory_accuracy(model, sources, references, max(args.steps), args.seed)}
+        print(f"  SacreBLEU {mode}: {result['sacrebleu'][mode]}", flush=True)
+        result["trajectory"][mode] = trajectory_accuracy(model, sources, references, max(args.steps), args.seed, clamp)
     return result
 
 
@@ -120,14 +121,14 @@ def markdown(results: dict[str, dict], args: argparse.Namespace) -> str:
             lines.append(f"| {label} | {'yes' if mode == 'clamp' else 'no'} | " + " | ".join(f"{scores[s]:.2f}" for s in args.steps) + " |")
     lines += ["", "Token accuracy of the decoded e0 along the trajectory (step: accuracy):", ""]
     for label, result in results.items():
-        curve = result["trajectory"]["accuracy"]
-        last = len(curve) - 1
-        marks = sorted({k for k in (0, 1, 2, 4, last // 4, last // 2, 3 * last // 4) if k < last} | {last})
-        best = max(range(len(curve)), key=curve.__getitem__)
-        lines.append(
-            f"- {label}, {len(curve)} steps: " + ", ".join(f"{k + 1}: {curve[k]:.3f}" for k in marks)
-            + f"; highest {curve[best]:.3f} at step {best + 1}"
-        )
+        for mode, curve in result["trajectory"].items():
+            last = len(curve) - 1
+            marks = sorted({k for k in (0, 1, 2, 4, last // 4, last // 2, 3 * last // 4) if k < last} | {last})
+            best = max(range(len(curve)), key=curve.__getitem__)
+            lines.append(
+                f"- {label}, {'clamped' if mode == 'clamp' else 'plain'}, {len(curve)} steps: "
+                + ", ".join(f"{k + 1}: {curve[k]:.3f}" for k in marks) + f"; highest {curve[best]:.3f} at step {best + 1}"
+            )
     return "\n".join(lines) + "\n"
 
 
@@ -143,8 +144,9 @@ def plot(results: dict[str, dict], args: argparse.Namespace, path: Path) -> None
         for mode, style in (("plain", "-"), ("clamp", "--")):
             scores = result["sacrebleu"][mode]
             by_steps.plot(args.steps, [scores[s] for s in args.steps], style, marker="o", label=f"{label}, {mode}")
-        curve = result["trajectory"]["accuracy"]
-        along.plot(range(1, len(curve) + 1), curve, label=label)
+        for mode, style in (("plain", "-"), ("clamp", "--")):
+            curve = result["trajectory"][mode]
+            along.plot(range(1, len(curve) + 1), curve, style, label=f"{label}, {mode}")
     one_step.set(title="one-step token accuracy", xlabel="t")
     by_steps.set(title=f"SacreBLEU ({args.split}, {args.pairs} pairs)", xlabel="sampling steps", xscale="log")
     along.set(title=f"accuracy of decoded e0 along {max(args.steps)} steps", xlabel="step")

@@ -190,7 +190,10 @@ class SourcePointer(nn.Module):
     A word the target keeps, a rare name split into WordPieces above all, is
     then an exact row of ``E`` instead of one the read-out must rebuild, and an
     inserted or dropped word only moves the pointer (where ``source_skip``, tied
-    to position ``i``, must be cancelled).
+    to position ``i``, must be cancelled). The gate starts almost closed
+    (``sigmoid(-4) = 0.018``): an open one mixes the blurred average of the
+    source into every early prediction (measured: 12.7 against 15.4 validation
+    SacreBLEU after 800 demo steps, 5 sampling steps).
     """
 
     def __init__(self, width: int) -> None:
@@ -198,6 +201,7 @@ class SourcePointer(nn.Module):
         self.query = nn.Linear(width, width)
         self.key = nn.Linear(width, width)
         self.gate = nn.Linear(width, 1)
+        nn.init.constant_(self.gate.bias, -4.0)
 
     def forward(
         self,

@@ -142,10 +142,8 @@ def plot(results: dict[str, dict], args: argparse.Namespace, path: Path) -> None
     for label, result in results.items():
         one_step.plot(result["one_step"]["t"], result["one_step"]["acc"], marker="o", label=label)
         for mode, style in (("plain", "-"), ("clamp", "--")):
-            scores = result["sacrebleu"][mode]
+            scores, curve = result["sacrebleu"][mode], result["trajectory"][mode]
             by_steps.plot(args.steps, [scores[s] for s in args.steps], style, marker="o", label=f"{label}, {mode}")
-        for mode, style in (("plain", "-"), ("clamp", "--")):
-            curve = result["trajectory"][mode]
             along.plot(range(1, len(curve) + 1), curve, style, label=f"{label}, {mode}")
     one_step.set(title="one-step token accuracy", xlabel="t")
     by_steps.set(title=f"SacreBLEU ({args.split}, {args.pairs} pairs)", xlabel="sampling steps", xscale="log")

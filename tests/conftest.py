@@ -51,15 +51,18 @@ def free_port() -> Callable[[], int]:
     return _unused_port
 
 
-def make_word_model(directory: Path, words: list[str], dim: int = 16, seed: int = 0) -> Path:
-    """Save a BERT-style model whose tokenizer is word-level over ``words``; returns its path."""
+def make_word_model(directory: Path, words: list[str], dim: int = 16, seed: int = 0, lowercase: bool = False) -> Path:
+    """Save a BERT-style model whose tokenizer is word-level over ``words`` (lowercasing its input, as
+    MiniLM's does, with ``lowercase``); returns its path."""
     import torch
-    from tokenizers import Tokenizer, models, pre_tokenizers, processors
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
     from transformers import BertConfig, BertModel, PreTrainedTokenizerFast
 
     vocab = {token: i for i, token in enumerate([*SPECIAL_TOKENS, *words])}
     backend = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
     backend.pre_tokenizer = pre_tokenizers.Whitespace()
+    if lowercase:
+        backend.normalizer = normalizers.Lowercase()
     backend.post_processor = processors.TemplateProcessing(
         single="[CLS] $A [SEP]", special_tokens=[("[CLS]", vocab["[CLS]"]), ("[SEP]", vocab["[SEP]"])]
     )

@@ -54,11 +54,44 @@ def test_text_is_cut_at_the_end_token_and_special_tokens_dropped(word_model):
     assert ids_to_text(tokenizer, ids) == "the cat sat"
 
 
-def test_recasing_takes_names_from_the_source_and_capitalises_the_start():
-    from smoothie_pl.text import recase_from_source
+def test_recasing_takes_names_from_the_source_and_capitalises_each_sentence():
+    from smoothie_pl.text import recase
 
     source = "And the LORD spake unto Moses. And Moses went up to Sinai."
     # "And" opens sentences in the source, so it is not a name; LORD, Moses and Sinai are.
-    assert recase_from_source("and the lord said to moses and sinai", source) == "And the LORD said to Moses and Sinai"
-    assert recase_from_source("", source) == ""
-    assert recase_from_source("judah's king", "Judah's king rose") == "Judah's king"
+    assert recase("and the lord said to moses and sinai", source) == "And the LORD said to Moses and Sinai"
+    assert recase("", source) == ""
+    assert recase("judah's king", "Judah's king rose") == "Judah's king"
+    # Every sentence and quotation opens with a capital; a colon ends neither, nor does a possessive's apostrophe.
+    said = recase("he went. then he said: the 'go! who? \u201cnone.' the brothers' wives", "")
+    assert said == "He went. Then he said: the 'Go! Who? \u201cNone.' the brothers' wives"
+
+
+def test_learned_casing_counts_spellings_away_from_sentence_starts():
+    from smoothie_pl.text import learn_casing
+
+    texts = ["and Yahweh spoke, and I heard.", "so I said that Yahweh is good.", "I saw the Lord; the lord is near.",
+             "Then Lord. Then the king said no."]  # fmt: skip
+    # Counted (not opening a sentence): Yahweh 2; I 2 (the third opens a text); Lord 2 and lord 1;
+    # "Then" opens both its sentences, so it is never counted; king, said ... are lower case.
+    assert learn_casing(texts) == {"yahweh": "Yahweh", "i": "I", "lord": "Lord"}
+    assert learn_casing(texts, share=0.8) == {"yahweh": "Yahweh", "i": "I"}  # Lord is 2 of 3 < 0.8
+
+
+def test_recasing_prefers_the_source_then_the_learned_casing():
+    from smoothie_pl.text import recase
+
+    casing = {"i": "I", "yahweh": "Yahweh", "lord": "Lord"}
+    recased = recase("and i heard yahweh's voice. the lord spoke", "And the LORD spake", casing)
+    # LORD from the source over the learned Lord; "yahweh's" follows "yahweh"; "i" from the casing.
+    assert recased == "And I heard Yahweh's voice. The LORD spoke"
+
+
+def test_an_uncased_tokenizer_is_told_from_a_cased_one(word_model, tmp_path):
+    from smoothie_pl.text import lowercases
+
+    from .conftest import make_word_model
+
+    assert lowercases(load_tokenizer(None))  # MiniLM's uncased WordPiece
+    assert not lowercases(load_tokenizer(word_model))  # "The" is unknown to it, "the" is a word
+    assert lowercases(load_tokenizer(str(make_word_model(tmp_path / "lower", ["the"], lowercase=True))))

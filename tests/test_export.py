@@ -156,3 +156,44 @@ def test_a_pretrained_source_encoder_is_rebuilt_from_its_saved_config(tmp_path):
     loaded = SmoothieModule.from_pretrained(tmp_path / "model.ckpt")
     texts, embeddings = sampled(loaded)
     assert texts == expected[0] and torch.equal(embeddings, expected[1])
+
+
+def test_an_uncased_models_casing_is_learned_at_fit_and_travels_with_it(tmp_path, monkeypatch):
+    """The training targets' casing, learned when ``fit`` starts, is what a checkpoint and an export recase with."""
+    import lightning as L
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    from smoothie_pl.data import JsonlDataModule
+    from smoothie_pl.pipeline import SmoothiePipeline
+
+    from .conftest import make_word_model
+
+    targets = ["then I saw Yahweh", "so Moses said to Yahweh", "and I went up", "Moses went to God"]
+    # Counted away from each text's first word: I twice, Yahweh twice, Moses once, God once.
+    expected = {"i": "I", "yahweh": "Yahweh", "moses": "Moses", "god": "God"}
+    words = sorted({word.lower() for target in targets for word in target.split()})
+    embedding = str(make_word_model(tmp_path / "embedding", words, lowercase=True))
+    for split in ("train", "validation", "test"):
+        lines = [json.dumps({"src": target.lower(), "trg": target}) for target in targets]
+        (tmp_path / f"{split}.jsonl").write_text("\n".join(lines) + "\n")
+    files = {f"{split}_file": str(tmp_path / f"{split}.jsonl") for split in ("train", "validation", "test")}
+    data = JsonlDataModule(tokenizer=embedding, target_length=8, source_length=10, batch_size=4, **files)
+    denoiser = {"width": 32, "depth": 2, "heads": 2, "encoder_depth": 1}
+    module = SmoothieModule(
+        embedding=embedding, denoiser=denoiser, target_length=8, source_length=10, sampling={"steps": 2, "recase": True}
+    )
+    assert module.casing is None  # nothing learned before fit
+    trainer = L.Trainer(
+        accelerator="cpu", max_steps=1, limit_val_batches=0, logger=False, enable_progress_bar=False,
+        enable_model_summary=False, callbacks=[ModelCheckpoint(dirpath=tmp_path / "checkpoints", save_last=True)],
+    )  # fmt: skip
+    trainer.fit(module, datamodule=data)
+    assert module.casing == expected
+    checkpoint = tmp_path / "checkpoints" / "last.ckpt"
+    folder = export_checkpoint(checkpoint, tmp_path / "export")
+    assert json.loads((folder / "config.json").read_text())["casing"] == expected
+    loaded = [SmoothieModule.load_from_checkpoint(checkpoint), *map(SmoothieModule.from_pretrained, (checkpoint, folder))]
+    monkeypatch.setattr(SmoothiePipeline, "decode", lambda self, embeddings: ["so i saw yahweh"] * embeddings.shape[0])
+    for model in loaded:
+        assert model.casing == expected
+        assert model.generate(["so i saw yahweh"]) == ["So I saw Yahweh"]

@@ -11,7 +11,8 @@ An exported folder holds the same in plain files::
 
     model.safetensors   every weight of the checkpoint's state (the EMA weights
                         when training used EMA), E and the vocabulary included
-    config.json         every hyperparameter, the fingerprint, the training record
+    config.json         every hyperparameter, the fingerprint, the training record,
+                        the training targets' casing (for recasing an uncased vocabulary)
     tokenizer/          the target tokenizer (source_tokenizer/ when it differs)
     README.md           a model card
 """
@@ -41,6 +42,7 @@ CARD_FILE = "README.md"
 TOKENIZERS_KEY = "smoothie_tokenizers"
 ENCODER_CONFIG_KEY = "smoothie_source_encoder_config"
 TRAINING_KEY = "smoothie_training"
+CASING_KEY = "smoothie_casing"
 # Tokenizer roles: the targets' (``model.embedding``) and, when it is another model, the sources'.
 ROLE_FOLDERS = {"target": "tokenizer", "source": "source_tokenizer"}
 
@@ -76,6 +78,8 @@ def add_loading_parts(checkpoint: dict, module) -> None:
     checkpoint[TOKENIZERS_KEY] = {role: tokenizer_files(tokenizers[role]) for role in tokenizer_roles(module.hparams)}
     if isinstance(module.source_encoder, PretrainedSourceEncoder):
         checkpoint[ENCODER_CONFIG_KEY] = module.source_encoder.encoder.config.to_dict()
+    if module.casing is not None:
+        checkpoint[CASING_KEY] = module.casing
     try:
         trainer = module.trainer
     except RuntimeError:  # saved outside a Trainer
@@ -118,6 +122,7 @@ class SavedModel:
     fingerprint: dict[str, Any] | None = None
     training: dict[str, Any] = field(default_factory=dict)
     tokenizer_files: dict[str, dict[str, bytes]] = field(default_factory=dict)
+    casing: dict[str, str] | None = None
 
 
 def read_saved(path: str | Path) -> SavedModel:
@@ -151,6 +156,7 @@ def read_checkpoint(path: Path) -> SavedModel:
             **checkpoint.get(TRAINING_KEY, {}),
         },
         tokenizer_files=files,
+        casing=checkpoint.get(CASING_KEY),
     )
 
 
@@ -182,6 +188,7 @@ def read_exported(directory: Path) -> SavedModel:
         encoder_config=config.get("source_encoder_config"),
         fingerprint=config.get("fingerprint"),
         training=config.get("training", {}),
+        casing=config.get("casing"),
     )
 
 
@@ -230,6 +237,7 @@ def build_module(cls, saved: SavedModel, **overrides: Any):
     with saved_parts(parts):
         module = cls(**options, vocabulary=state["vocabulary"].tolist())
     module.saved_tokenizers = dict(parts.tokenizers)
+    module.casing = saved.casing
     saved_values = {key: saved.hyper_parameters.get(key) for key in overrides}
     check_weights_fit(state, module.state_dict(), saved_values, overrides, "being loaded")
     module.load_state_dict(state)
@@ -273,6 +281,7 @@ def export_checkpoint(checkpoint: str | Path, output: str | Path, overwrite: boo
         "fingerprint": saved.fingerprint,
         "source_encoder_config": saved.encoder_config,
         "training": {**saved.training, "checkpoint": str(checkpoint.resolve())},
+        "casing": saved.casing,
     }
     (output / CONFIG_FILE).write_text(json.dumps(config, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     (output / CARD_FILE).write_text(model_card(saved, checkpoint), encoding="utf-8")

@@ -18,7 +18,7 @@ from smoothie_pl.compilation import compile_in_place
 from smoothie_pl.diffusion import SPACES, Schedule, StepCallback, build_schedule
 from smoothie_pl.diffusion.embedding_losses import embedding_losses, position_mean, prediction_decoding_loss
 from smoothie_pl.embeddings import PACKAGED_MODEL, load_embedding_matrix, load_tokenizer, pretrained_encoder_origin
-from smoothie_pl.export import add_loading_parts, load_pretrained
+from smoothie_pl.export import CASING_KEY, add_loading_parts, load_pretrained
 from smoothie_pl.fingerprint import CHECKPOINT_KEY, fingerprint, tensor_digest
 from smoothie_pl.metrics import SacreBLEU, TextMetrics
 from smoothie_pl.models import DenoiserConfig, NullSource, UShapedDenoiser, build_source_encoder
@@ -107,6 +107,9 @@ class SmoothieModule(L.LightningModule):
         # Copying the source is the baseline a seq2seq model must beat; an unconditional one has none.
         self.test_copy_sacrebleu = SacreBLEU() if denoiser.source_encoder != "none" else None
         self.val_loss = MeanMetric()  # mean over every validation pair of every rank
+        # How the training targets spell the words they capitalise (``text.learn_casing``), for recasing an
+        # uncased vocabulary's output: from the data at fit, else from the checkpoint or exported model.
+        self.casing: dict[str, str] | None = None
 
     @classmethod
     def load_from_checkpoint(cls, checkpoint_path, *args, **kwargs) -> "SmoothieModule":
@@ -168,6 +171,7 @@ class SmoothieModule(L.LightningModule):
             source_embeddings=self.source_embedding_matrix if scratch_source else self.embedding_matrix,
             null_source=self.null_source,
             length_from_source=hp.length_from_source,
+            casing=self.casing,
             **self.sampling.pipeline_options(),
         )  # fmt: skip
 
@@ -248,6 +252,9 @@ class SmoothieModule(L.LightningModule):
             self._build_space(self.vocabulary)  # "auto" on another device than the one the module was built on
         precision, vocab = str(self.trainer.precision), (self.space.compute_dtype, self.hparams.vocab_dtype)
         rank_zero_info(compute_path(device, precision, *vocab, self.denoiser_compiled))
+        target_casing = getattr(self.trainer.datamodule, "target_casing", None)
+        if stage == "fit" and self.casing is None and target_casing is not None:
+            self.casing = target_casing()
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         # Noise and dropout masks come from (seed, rank, step, batch): each rank draws its own,
@@ -307,8 +314,10 @@ class SmoothieModule(L.LightningModule):
         add_loading_parts(checkpoint, self)  # tokenizer files and encoder configs: the checkpoint loads offline
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
-        """Refuse a checkpoint of another embedding, tokenizer or architecture; take its vocabulary unless the data gave one."""
+        """Refuse a checkpoint of another embedding, tokenizer or architecture; take its vocabulary unless the data
+        gave one, and the casing it was trained with."""
         vocabulary = check_embedding_fits(self, checkpoint, checkpoint_name(self))
         if vocabulary is not None:  # vocabulary-shaped weights (a simplex model's token head) follow it
             self._build_space(vocabulary.to(self.embedding_matrix.device))
         check_checkpoint_fits(self, checkpoint, checkpoint_name(self))
+        self.casing = checkpoint.get(CASING_KEY, self.casing)

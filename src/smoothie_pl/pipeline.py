@@ -8,7 +8,7 @@ the LightningModule.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import torch
 from torch import nn
@@ -18,7 +18,7 @@ from smoothie_pl.diffusion.embedding_losses import vocabulary_rows
 from smoothie_pl.metrics.mbr import mbr_select
 from smoothie_pl.models import NullSource, PretrainedSourceEncoder, UShapedDenoiser
 from smoothie_pl.models.denoiser import at_target_positions
-from smoothie_pl.text import ids_to_text, recase_from_source
+from smoothie_pl.text import ids_to_text, recase
 from smoothie_pl.trajectory import TrajectoryRecorder, chain
 
 
@@ -51,7 +51,8 @@ class SmoothiePipeline:
         guidance_weight: ``w`` in ``e0_c + w (e0_c - e0_u)``.
         clamp: snap each prediction to its nearest vocabulary row before re-noising and at the end.
         mbr_candidates, mbr_utility: samples per source and the utility of the MBR choice.
-        recase: take capitals from the source (for uncased vocabularies).
+        recase: restore capitals (for uncased vocabularies) from the source, then from ``casing``.
+        casing: usual spellings of words the training targets capitalise (``text.learn_casing``).
         collapse_repeats: one word of each run of equal words in the decoded text.
         length_from_source: ``m`` models only the first ``n + m`` target positions of a pair
             whose source has ``n`` tokens (specials not counted; at most ``target_length``),
@@ -78,6 +79,7 @@ class SmoothiePipeline:
         recase: bool = False,
         collapse_repeats: bool = False,
         length_from_source: int | None = None,
+        casing: Mapping[str, str] | None = None,
     ) -> None:
         self.space, self.denoiser, self.vocabulary = space, denoiser, vocabulary
         self.tokenizer, self.source_tokenizer = tokenizer, source_tokenizer
@@ -88,6 +90,7 @@ class SmoothiePipeline:
         self.mbr_candidates, self.mbr_utility, self.recase = mbr_candidates, mbr_utility, recase
         self.collapse_repeats = collapse_repeats
         self.length_from_source = length_from_source
+        self.casing = casing
 
     @property
     def device(self) -> torch.device:
@@ -213,6 +216,12 @@ class SmoothiePipeline:
         token_ids = self.vocabulary[self.space.decode(embeddings)]
         return [ids_to_text(self.tokenizer, row, self.collapse_repeats) for row in token_ids.tolist()]
 
+    def recased(self, texts: Sequence[str], sources: Sequence[str] | None) -> list[str]:
+        """``texts`` with their capitals restored when ``recase`` is on (``text.recase``), else as they are."""
+        if not self.recase:
+            return list(texts)
+        return [recase(text, source, self.casing) for text, source in zip(texts, sources)]
+
     def generate_candidates(
         self,
         source_ids: torch.Tensor,
@@ -235,10 +244,8 @@ class SmoothiePipeline:
         samples = []
         for c in range(k):
             generator = seeded_generator(self.device, seed, offset, c)
-            samples.append(self.decode(self.sample(source_ids, source_mask, generator, steps, callback)))
+            samples.append(self.recased(self.decode(self.sample(source_ids, source_mask, generator, steps, callback)), sources))
         per_source = [list(texts) for texts in zip(*samples)]
-        if self.recase:
-            per_source = [[recase_from_source(text, src) for text in texts] for texts, src in zip(per_source, sources)]
         if k == 1:
             return [texts[0] for texts in per_source], per_source
         chosen = mbr_select(per_source, self.mbr_utility)
@@ -276,7 +283,7 @@ class SmoothiePipeline:
         for start in range(0, len(sources), batch_size):
             chunk = sources[start : start + batch_size]
             ids, mask = self.tokenize_sources(chunk)
-            recorder = TrajectoryRecorder(self.decode, chunk, self.recase) if trajectory else None
+            recorder = TrajectoryRecorder(lambda e0: self.recased(self.decode(e0), chunk), chunk) if trajectory else None
             chosen, per_source = self.generate_candidates(
                 ids, mask, seed, first_index + start, steps, candidates, chunk, chain(callback, recorder)
             )

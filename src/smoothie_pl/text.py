@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections import Counter, defaultdict
+from collections.abc import Iterable, Mapping, Sequence
 from itertools import groupby
 
 
@@ -93,20 +94,63 @@ def join_words(words: list[str]) -> str:
 
 _WORD = re.compile(r"[^\W_]+(?:'[^\W_]+)?")
 _SENTENCE_END = re.compile(r"[.!?:;]\s*$")
+# The first letter of a sentence or a quotation (the references capitalise both; a colon ends neither).
+_OPENING_LETTER = re.compile(r"(?:^|[.!?]\s+|\s(?=[\"“‘']))[\"“‘'(\[]*([^\W\d_])")
 
 
-def recase_from_source(text: str, source: str) -> str:
-    """Restore letter case lost by an uncased vocabulary, using the source as the guide.
+def lowercases(tokenizer) -> bool:
+    """Whether the tokenizer reads "The" as "the" (an uncased vocabulary: its output needs recasing)."""
+    return tokenizer("The", add_special_tokens=False)["input_ids"] == tokenizer("the", add_special_tokens=False)["input_ids"]
+
+
+def after_sentence_start(text: str, position: int) -> bool:
+    """Whether the word at ``position`` of ``text`` opens a sentence (capitalised there whatever it is)."""
+    return not text[:position].strip() or _SENTENCE_END.search(text[:position]) is not None
+
+
+def learn_casing(texts: Iterable[str], share: float = 0.5) -> dict[str, str]:
+    """Each word's usual spelling in ``texts`` where that is not all lower case: {"yahweh": "Yahweh", "i": "I"}.
+
+    Words opening a sentence are not counted; a spelling is usual when more
+    than ``share`` of the word's other occurrences use it. Learned from the
+    training targets, it restores capitals an uncased vocabulary loses where
+    the source cannot tell them (a name the source spells otherwise, "I").
+    """
+    counts: dict[str, Counter] = defaultdict(Counter)
+    for text in texts:
+        for match in _WORD.finditer(text):
+            if not after_sentence_start(text, match.start()):
+                counts[match.group(0).lower()][match.group(0)] += 1
+    casing = {}
+    for word, spellings in counts.items():
+        spelling, count = spellings.most_common(1)[0]
+        if spelling != word and count > share * spellings.total():
+            casing[word] = spelling
+    return casing
+
+
+def recase(text: str, source: str, casing: Mapping[str, str] | None = None) -> str:
+    """Restore letter case lost by an uncased vocabulary, from the source first, then a learned ``casing``.
 
     Words that the source writes with capitals away from a sentence start
-    (names: "Judah", "LORD") take the source's spelling; the first letter of
-    the text is capitalised. Everything else stays as generated.
+    (names: "Judah", "LORD") take the source's spelling, other words their
+    spelling in ``casing`` (``learn_casing``); a possessive ("moses's") not
+    spelled there follows its word. The first letter of each sentence and
+    quotation is capitalised. Everything else stays as generated.
     """
-    casing: dict[str, str] = {}
+    from_source: dict[str, str] = {}
     for match in _WORD.finditer(source):
         word = match.group(0)
-        sentence_start = not source[: match.start()].strip() or _SENTENCE_END.search(source[: match.start()])
-        if not sentence_start and word != word.lower():
-            casing.setdefault(word.lower(), word)
-    recased = _WORD.sub(lambda match: casing.get(match.group(0), match.group(0)), text)
-    return recased[:1].upper() + recased[1:]
+        if word != word.lower() and not after_sentence_start(source, match.start()):
+            from_source.setdefault(word.lower(), word)
+    spellings = {**(casing or {}), **from_source}
+    recased = _WORD.sub(lambda match: spelled(match.group(0), spellings), text)
+    return _OPENING_LETTER.sub(lambda match: match.group(0)[:-1] + match.group(1).upper(), recased)
+
+
+def spelled(word: str, spellings: Mapping[str, str]) -> str:
+    """``word`` as ``spellings`` writes it, or its stem's spelling before an apostrophe; else unchanged."""
+    if word in spellings:
+        return spellings[word]
+    stem, apostrophe, ending = word.partition("'")
+    return spellings[stem] + apostrophe + ending if apostrophe and stem in spellings else word

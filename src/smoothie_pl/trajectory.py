@@ -13,31 +13,24 @@ from collections.abc import Callable
 
 import torch
 
-from smoothie_pl.text import recase_from_source
-
 
 class TrajectoryRecorder:
     """Decoded texts of every step of every sampler run over one batch of sources.
 
     Args:
-        decode: predicted embeddings ``[B, L, d]`` to one text per row.
-        sources: the batch's source strings (recasing takes names' spelling from them).
-        recase: recase every step's text as the final texts are (``text.recase_from_source``).
+        decode: predicted embeddings ``[B, L, d]`` to one text per row, as the final texts are decoded.
+        sources: the batch's source strings.
     """
 
-    def __init__(self, decode: Callable[[torch.Tensor], list[str]], sources: list[str], recase: bool = False) -> None:
+    def __init__(self, decode: Callable[[torch.Tensor], list[str]], sources: list[str]) -> None:
         self.decode = decode
         self.sources = sources
-        self.recase = recase
         self.runs: list[list[tuple[int, list[float], list[str]]]] = []
 
     def __call__(self, k: int, t: torch.Tensor, x: torch.Tensor, e0: torch.Tensor) -> None:
         if k == 0:
             self.runs.append([])
-        texts = self.decode(e0)
-        if self.recase:
-            texts = [recase_from_source(text, source) for text, source in zip(texts, self.sources)]
-        self.runs[-1].append((k, t.tolist(), texts))
+        self.runs[-1].append((k, t.tolist(), self.decode(e0)))
 
     def records(self, chosen: list[str], candidates: list[list[str]], first_index: int = 0) -> list[dict]:
         """One ``{index, source, prediction, steps: [{step, t, text}]}`` per source, for the chosen candidate."""

@@ -24,6 +24,7 @@ from smoothie_pl.data.batching import split_global_batch
 from smoothie_pl.data.samplers import BatchShardSampler, ResumableLoader, ResumableShuffleSampler
 from smoothie_pl.embeddings import load_tokenizer
 from smoothie_pl.errors import DataError
+from smoothie_pl.text import learn_casing, lowercases
 
 SPLITS = ("train", "validation", "test")
 
@@ -235,6 +236,14 @@ class Seq2SeqDataModule(L.LightningDataModule):
         for sequence in (*sources, *train.target_ids):
             ids.update(sequence)
         return sorted(ids)
+
+    def target_casing(self) -> dict[str, str] | None:
+        """How the training targets spell the words they capitalise (``text.learn_casing``), when the
+        tokenizer lowercases: what recasing the model's output needs beyond the source. Else ``None``."""
+        if not lowercases(self.tokenizer):
+            return None
+        self.prepare_data()
+        return learn_casing(pair.target for pair in self.read_split("train") if pair.target)
 
     def setup(self, stage: str) -> None:
         if stage == "fit" and self.global_batch_size is not None and self.trainer is not None:

@@ -192,7 +192,8 @@ def test_an_uncased_models_casing_is_learned_at_fit_and_travels_with_it(tmp_path
     checkpoint = tmp_path / "checkpoints" / "last.ckpt"
     folder = export_checkpoint(checkpoint, tmp_path / "export")
     assert json.loads((folder / "config.json").read_text())["casing"] == expected
-    loaded = [SmoothieModule.load_from_checkpoint(checkpoint), *map(SmoothieModule.from_pretrained, (checkpoint, folder))]
+    loaded = [SmoothieModule.load_from_checkpoint(checkpoint)]
+    loaded += [SmoothieModule.from_pretrained(path) for path in (checkpoint, folder)]
     monkeypatch.setattr(SmoothiePipeline, "decode", lambda self, embeddings: ["so i saw yahweh"] * embeddings.shape[0])
     for model in loaded:
         assert model.casing == expected

@@ -29,7 +29,8 @@ class SamplingConfig(OptionGroup):
     fluent); ``grid_power`` bends the time grid, ``t_k = (1 - k / N) ** p``
     (1 is the paper's uniform grid; above 1 puts more steps at small t); ``guidance_weight`` needs a model trained with ``cfg_dropout``;
     ``clamp`` snaps predictions to vocabulary rows; ``mbr_candidates`` samples
-    per source, chosen among by ``mbr_utility``; ``recase`` restores capitals (``text.recase``: from the source, then the training targets' casing);
+    per source, chosen among by ``mbr_utility``; ``recase`` restores capitals
+    (``text.recase``: from the source, then the training targets' casing);
     ``collapse_repeats`` keeps one word of each run of equal words in the decoded text.
     """
 

@@ -9,6 +9,7 @@ the LightningModule.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from functools import partial
 
 import torch
 from torch import nn
@@ -216,10 +217,11 @@ class SmoothiePipeline:
         token_ids = self.vocabulary[self.space.decode(embeddings)]
         return [ids_to_text(self.tokenizer, row, self.collapse_repeats) for row in token_ids.tolist()]
 
-    def recased(self, texts: Sequence[str], sources: Sequence[str] | None) -> list[str]:
-        """``texts`` with their capitals restored when ``recase`` is on (``text.recase``), else as they are."""
+    def decode_recased(self, embeddings: torch.Tensor, sources: Sequence[str] | None) -> list[str]:
+        """``decode``, then (with ``recase``) capitals restored from ``sources`` and ``casing`` (``text.recase``)."""
+        texts = self.decode(embeddings)
         if not self.recase:
-            return list(texts)
+            return texts
         return [recase(text, source, self.casing) for text, source in zip(texts, sources)]
 
     def generate_candidates(
@@ -244,7 +246,8 @@ class SmoothiePipeline:
         samples = []
         for c in range(k):
             generator = seeded_generator(self.device, seed, offset, c)
-            samples.append(self.recased(self.decode(self.sample(source_ids, source_mask, generator, steps, callback)), sources))
+            sampled = self.sample(source_ids, source_mask, generator, steps, callback)
+            samples.append(self.decode_recased(sampled, sources))
         per_source = [list(texts) for texts in zip(*samples)]
         if k == 1:
             return [texts[0] for texts in per_source], per_source
@@ -283,7 +286,7 @@ class SmoothiePipeline:
         for start in range(0, len(sources), batch_size):
             chunk = sources[start : start + batch_size]
             ids, mask = self.tokenize_sources(chunk)
-            recorder = TrajectoryRecorder(lambda e0: self.recased(self.decode(e0), chunk), chunk) if trajectory else None
+            recorder = TrajectoryRecorder(partial(self.decode_recased, sources=chunk), chunk) if trajectory else None
             chosen, per_source = self.generate_candidates(
                 ids, mask, seed, first_index + start, steps, candidates, chunk, chain(callback, recorder)
             )

@@ -100,7 +100,8 @@ _OPENING_LETTER = re.compile(r"(?:^|[.!?]\s+|\s(?=[\"“‘']))[\"“‘'(\[]*([
 
 def lowercases(tokenizer) -> bool:
     """Whether the tokenizer reads "The" as "the" (an uncased vocabulary: its output needs recasing)."""
-    return tokenizer("The", add_special_tokens=False)["input_ids"] == tokenizer("the", add_special_tokens=False)["input_ids"]
+    ids = [tokenizer(word, add_special_tokens=False)["input_ids"] for word in ("The", "the")]
+    return ids[0] == ids[1]
 
 
 def after_sentence_start(text: str, position: int) -> bool:

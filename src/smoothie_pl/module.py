@@ -246,7 +246,8 @@ class SmoothieModule(L.LightningModule):
 
     # ------------------------------------------------------------ Lightning
     def setup(self, stage: str) -> None:
-        """Choose the vocabulary dtype for the device the trainer runs on, and say which compute path runs."""
+        """Choose the vocabulary dtype for the device the trainer runs on, and say which compute path runs;
+        at ``fit``, learn the training targets' casing unless the module already has one."""
         device = self._compute_device()
         if vocab_compute_dtype(self.hparams.vocab_dtype, device) != self.space.compute_dtype:
             self._build_space(self.vocabulary)  # "auto" on another device than the one the module was built on

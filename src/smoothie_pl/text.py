@@ -104,7 +104,7 @@ def lowercases(tokenizer) -> bool:
     return ids[0] == ids[1]
 
 
-def after_sentence_start(text: str, position: int) -> bool:
+def opens_sentence(text: str, position: int) -> bool:
     """Whether the word at ``position`` of ``text`` opens a sentence (capitalised there whatever it is)."""
     return not text[:position].strip() or _SENTENCE_END.search(text[:position]) is not None
 
@@ -121,7 +121,7 @@ def learn_casing(texts: Iterable[str], share: float = 0.8) -> dict[str, str]:
     counts: dict[str, Counter] = defaultdict(Counter)
     for text in texts:
         for match in _WORD.finditer(text):
-            if not after_sentence_start(text, match.start()):
+            if not opens_sentence(text, match.start()):
                 counts[match.group(0).lower()][match.group(0)] += 1
     casing = {}
     for word, spellings in counts.items():
@@ -143,7 +143,7 @@ def recase(text: str, source: str, casing: Mapping[str, str] | None = None) -> s
     from_source: dict[str, str] = {}
     for match in _WORD.finditer(source):
         word = match.group(0)
-        if word != word.lower() and not after_sentence_start(source, match.start()):
+        if word != word.lower() and not opens_sentence(source, match.start()):
             from_source.setdefault(word.lower(), word)
     spellings = {**(casing or {}), **from_source}
     recased = _WORD.sub(lambda match: spelled(match.group(0), spellings), text)

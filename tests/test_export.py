@@ -52,6 +52,7 @@ def test_export_writes_weights_config_tokenizer_and_card(exported, trained_run):
     assert config["hyper_parameters"]["target_length"] == 8
     assert config["hyper_parameters"]["denoiser"]["width"] == 32
     assert config["training"]["global_step"] == 2
+    assert config["casing"] is None  # a cased tokenizer: nothing to recase with
     assert (exported / "tokenizer" / "tokenizer.json").is_file()
     card = (exported / "README.md").read_text()
     assert "JsonlDataModule" in card and "8 training pairs" in card and "2 optimizer steps" in card

@@ -243,7 +243,7 @@ class Seq2SeqDataModule(L.LightningDataModule):
         if not lowercases(self.tokenizer):
             return None
         self.prepare_data()
-        return learn_casing(pair.target for pair in self.read_split("train") if pair.target)
+        return learn_casing(pair.target for pair in self.dataset("train").pairs if pair.target)
 
     def setup(self, stage: str) -> None:
         if stage == "fit" and self.global_batch_size is not None and self.trainer is not None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from collections import Counter, defaultdict
+from collections import ChainMap, Counter, defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from itertools import groupby
 
@@ -145,7 +145,7 @@ def recase(text: str, source: str, casing: Mapping[str, str] | None = None) -> s
         word = match.group(0)
         if word != word.lower() and not opens_sentence(source, match.start()):
             from_source.setdefault(word.lower(), word)
-    spellings = {**(casing or {}), **from_source}
+    spellings = ChainMap(from_source, casing or {})  # the source's first; the learned table is not copied
     recased = _WORD.sub(lambda match: spelled(match.group(0), spellings), text)
     return _OPENING_LETTER.sub(lambda match: match.group(0)[:-1] + match.group(1).upper(), recased)
 

@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from smoothie_pl.diffusion import SmoothieSpace, literal_vocab_attention, nearest_rows, noisy_vocab_attention
-from smoothie_pl.diffusion.vocab_attention import distinct_rows
+from smoothie_pl.diffusion.vocab_attention import distinct_rows, half_squared_norms
 
 
 def literal_formula(query, embeddings, mu, std, sigma0, seed, chunk_size):
@@ -124,6 +124,23 @@ def test_noise_free_small_kernel_returns_the_nearest_row(problem):
 def test_nearest_rows_is_the_l2_argmin(problem, chunk_size):
     query, embeddings, _, _ = problem
     assert torch.equal(nearest_rows(query, embeddings, chunk_size=chunk_size), torch.cdist(query, embeddings).argmin(1))
+
+
+@pytest.mark.parametrize("chunk_size", [1000, 7])
+def test_nearest_rows_in_bf16_picks_the_argmin_or_a_near_tie(problem, chunk_size):
+    """A bf16 copy of E (the sampler's clamp): each pick within bf16 rounding of the true nearest distance.
+
+    Rounding q and E_j to bf16 (2^-9 each) and the product (2^-9) moves ``q . E_j`` by at most about
+    1.5 * 2^-8 |q| |E_j|; ``|q - E_j|^2 = |q|^2 - 2 (q . E_j - |E_j|^2 / 2)``, so the pick's squared distance
+    exceeds the least by at most 4 such errors.
+    """
+    query, embeddings, _, _ = problem
+    distances = torch.cdist(query.double(), embeddings.double())
+    picked = nearest_rows(query, embeddings.bfloat16(), chunk_size=chunk_size, half_sq_norms=half_squared_norms(embeddings))
+    best = distances.min(1).values
+    chosen = distances.gather(1, picked[:, None]).squeeze(1)
+    assert bool((chosen.pow(2) <= best.pow(2) + 4 * 1.5 * 2**-8 * (query.norm(dim=1) * embeddings.norm(dim=1).max())).all())
+    assert (picked == distances.argmin(1)).float().mean() > 0.9
 
 
 def test_a_fixed_generator_gives_a_fixed_result(problem):

@@ -70,17 +70,22 @@ class DiffusionSpace(nn.Module):
         mu, std = self.schedule.marginal(t.float())
         return mu.repeat_interleave(length), std.repeat_interleave(length)
 
-    def nearest(self, predicted: torch.Tensor) -> torch.Tensor:
-        """Nearest vocabulary row (L2) of every embedding ``[B, L, d]``, ``[B, L]``."""
+    def nearest(self, predicted: torch.Tensor, exact: bool = True) -> torch.Tensor:
+        """Nearest vocabulary row (L2) of every embedding ``[B, L, d]``, ``[B, L]``.
+
+        ``exact=False`` scans the compute copy of ``E`` (bf16 where the space
+        computes in bf16): a near-tie may go to the other row.
+        """
         batch, length, dim = predicted.shape
+        embeddings = self.embeddings if exact else self.compute_embeddings
         rows = nearest_rows(
-            predicted.reshape(-1, dim), self.embeddings, chunk_size=self.chunk_size, half_sq_norms=self.half_sq_norms
+            predicted.reshape(-1, dim), embeddings, chunk_size=self.chunk_size, half_sq_norms=self.half_sq_norms
         )
         return rows.view(batch, length)
 
-    def decode(self, predicted: torch.Tensor) -> torch.Tensor:
-        """Vocabulary rows of predicted embeddings, ``[B, L]``."""
-        return self.nearest(predicted)
+    def decode(self, predicted: torch.Tensor, exact: bool = True) -> torch.Tensor:
+        """Vocabulary rows of predicted embeddings, ``[B, L]`` (``exact``: see ``nearest``)."""
+        return self.nearest(predicted, exact)
 
     def noised_input(
         self, clean: torch.Tensor, t: torch.Tensor, generator: torch.Generator | None = None, noise_scale: float = 1.0
@@ -262,9 +267,9 @@ class SimplexSpace(DiffusionSpace):
             return self.head(predicted)
         return predicted @ self.embeddings.to(predicted.dtype).T
 
-    def decode(self, predicted: torch.Tensor) -> torch.Tensor:
+    def decode(self, predicted: torch.Tensor, exact: bool = True) -> torch.Tensor:
         if self.token_head is None:
-            return self.nearest(predicted)
+            return self.nearest(predicted, exact)
         return self.logits(predicted).argmax(-1)
 
     def token_loss(self, predicted, clean, counted=None):

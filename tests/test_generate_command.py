@@ -9,10 +9,16 @@ import torch
 from smoothie_pl.cli import run
 from smoothie_pl.diffusion import build_sampler
 from smoothie_pl.module import SmoothieModule
+from smoothie_pl.precision import fast_bf16
 
 from .conftest import PAIRS
 
 SOURCES = [source for source, _ in PAIRS]
+
+
+def bf16_autocast(enabled: bool = True):
+    """What `--precision bf16-mixed` means, written with torch's own autocast (fp32 where bf16 would be emulated)."""
+    return torch.autocast("cpu", dtype=torch.bfloat16, enabled=enabled and fast_bf16("cpu"))
 
 
 @pytest.fixture(scope="module")
@@ -27,7 +33,8 @@ def model(checkpoint):
 
 def test_text_and_jsonl_outputs_match_generate_for_any_batch_size(checkpoint, model, tmp_path):
     (tmp_path / "in.txt").write_text("\n".join(SOURCES) + "\n")
-    expected = model.generate(SOURCES, steps=4, seed=5)
+    with bf16_autocast():  # --precision auto: bf16 where this CPU has bf16 units
+        expected = model.generate(SOURCES, steps=4, seed=5)
     assert run(["generate", "--model", checkpoint, "--input", str(tmp_path / "in.txt"), "--output",
                 str(tmp_path / "out.txt"), "--steps", "4", "--seed", "5", "--batch_size", "3"]) == 0
     assert (tmp_path / "out.txt").read_text().split("\n")[:-1] == expected
@@ -37,6 +44,17 @@ def test_text_and_jsonl_outputs_match_generate_for_any_batch_size(checkpoint, mo
                 str(tmp_path / "out.jsonl"), "--steps", "4", "--seed", "5", "--device", "cpu"]) == 0
     records = [json.loads(line) for line in (tmp_path / "out.jsonl").read_text().splitlines()]
     assert records == [{"index": i, "source": s, "prediction": p} for i, (s, p) in enumerate(zip(SOURCES, expected))]
+
+
+@pytest.mark.parametrize("precision, autocast", [("32-true", False), ("bf16-mixed", True)])
+def test_precision_is_the_autocast_it_names(checkpoint, model, tmp_path, capsys, precision, autocast):
+    (tmp_path / "in.txt").write_text("\n".join(SOURCES) + "\n")
+    with bf16_autocast(autocast):
+        expected = model.generate(SOURCES, steps=3, seed=1)
+    assert run(["generate", "--model", checkpoint, "--input", str(tmp_path / "in.txt"), "--output",
+                str(tmp_path / "out.txt"), "--steps", "3", "--seed", "1", "--precision", precision]) == 0
+    assert (tmp_path / "out.txt").read_text().split("\n")[:-1] == expected
+    assert f"precision {precision} on cpu" in capsys.readouterr().err
 
 
 def test_stdin_to_stdout_and_the_steps_drawn(checkpoint, monkeypatch, capsys):
@@ -62,7 +80,8 @@ def test_trajectory_file_holds_every_step_and_ends_at_the_output(checkpoint, mod
         assert [step["step"] for step in record["steps"]] == [0, 1, 2, 3]
         assert [step["t"] for step in record["steps"]] == pytest.approx([1.0, 0.75, 0.5, 0.25])
         assert record["prediction"] == output == record["steps"][-1]["text"]
-    texts, trajectories = model.generate(SOURCES[:3], steps=4, candidates=2, trajectory=True)
+    with bf16_autocast():
+        texts, trajectories = model.generate(SOURCES[:3], steps=4, candidates=2, trajectory=True)
     assert texts == outputs and trajectories == records
 
 

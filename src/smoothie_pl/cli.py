@@ -32,7 +32,7 @@ from smoothie_pl.export import use_checkpoint_parts
 from smoothie_pl.errors import CheckpointError, ConfigError, SmoothieError, UsageError
 from smoothie_pl.fingerprint import CHECKPOINT_KEY
 from smoothie_pl.module import SmoothieModule
-from smoothie_pl.precision import fast_bf16
+from smoothie_pl.precision import default_precision
 
 
 # Settings of sampling and evaluation: at test/predict time they come from the
@@ -158,7 +158,7 @@ def choose_precision(config) -> None:
         return
     accelerator = str(config.get("trainer.accelerator") or "auto")
     device = {"auto": "cuda" if torch.cuda.is_available() else "cpu", "gpu": "cuda"}.get(accelerator, accelerator)
-    config["trainer.precision"] = "bf16-mixed" if device in ("cpu", "cuda") and fast_bf16(device) else "32-true"
+    config["trainer.precision"] = default_precision(device) if device in ("cpu", "cuda") else "32-true"
     rank_zero_info(f"precision {config['trainer.precision']}, chosen for this {device}")
 
 

@@ -4,7 +4,9 @@ The model is an exported folder or a checkpoint, loaded offline
 (``SmoothieModule.from_pretrained``). Sources come one per line, as plain text
 or jsonl with a ``src`` field; the output has one line per source, plain text
 or jsonl (``index``, ``source``, ``prediction``). Batches are seeded by their
-position, so the texts do not depend on ``--batch_size``.
+position, so the texts do not depend on ``--batch_size``. ``--precision auto``
+computes as ``smoothie predict`` does when its config names no precision:
+bf16-mixed where the device multiplies bf16 natively, fp32 elsewhere.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from rich.text import Text
 from smoothie_pl.data.inference import read_sources, read_sources_file
 from smoothie_pl.errors import ConfigError, OutputExistsError
 from smoothie_pl.io import write_text_atomically
+from smoothie_pl.precision import PRECISIONS, default_precision, precision_autocast
 
 STDIO = "-"
 SHOWN_STEPS_DEFAULT = 3
@@ -51,6 +54,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--batch_size", type=positive_int, default=64, help="sources per batch")
     parser.add_argument("--candidates", type=positive_int, help="samples per source, the MBR choice is written")
     parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... (auto: cuda when available)")
+    parser.add_argument(
+        "--precision", choices=("auto", *PRECISIONS), default="auto",
+        help="auto: bf16-mixed where the device has bf16 units, else 32-true (as fit and predict choose)",
+    )
     parser.add_argument("--overwrite", action="store_true", help="replace an existing output or trajectory file")
     parser.add_argument(
         "--show-steps", "--show_steps", dest="show_steps", type=positive_int, nargs="?", const=SHOWN_STEPS_DEFAULT,
@@ -128,6 +135,8 @@ def main(argv: list[str]) -> int:
 
     model = SmoothieModule.from_pretrained(arguments.model).to(device)
     console = Console(stderr=True)
+    precision = default_precision(device) if arguments.precision == "auto" else arguments.precision
+    console.print(f"precision {precision} on {device}", highlight=False)
     records, trajectories = [], []
     columns = (TextColumn("generating"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
     with Progress(*columns, console=console) as progress:
@@ -135,15 +144,16 @@ def main(argv: list[str]) -> int:
         for start in range(0, len(sources), arguments.batch_size):
             chunk = sources[start : start + arguments.batch_size]
             record_steps = bool(arguments.trajectory) or start < arguments.show_steps
-            result = model.generate(
-                chunk,
-                steps=arguments.steps,
-                seed=arguments.seed,
-                batch_size=arguments.batch_size,
-                candidates=arguments.candidates,
-                first_index=start,
-                trajectory=record_steps,
-            )
+            with precision_autocast(precision, device):
+                result = model.generate(
+                    chunk,
+                    steps=arguments.steps,
+                    seed=arguments.seed,
+                    batch_size=arguments.batch_size,
+                    candidates=arguments.candidates,
+                    first_index=start,
+                    trajectory=record_steps,
+                )
             texts, steps = result if record_steps else (result, [])
             trajectories += steps
             records += [

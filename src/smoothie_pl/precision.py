@@ -47,6 +47,22 @@ def fast_bf16(device: torch.device | str) -> bool:
     return False
 
 
+PRECISIONS = ("32-true", "bf16-mixed")
+"""The precisions ``smoothie generate`` takes besides ``"auto"``, named as Lightning's trainer names them."""
+
+
+def default_precision(device: torch.device | str) -> str:
+    """``bf16-mixed`` where bf16 is fast on ``device``, else ``32-true``: what a run that names none computes in."""
+    device = torch.device(device)
+    return "bf16-mixed" if device.type in ("cpu", "cuda") and fast_bf16(device) else "32-true"
+
+
+def precision_autocast(precision: str, device: torch.device | str) -> contextlib.AbstractContextManager:
+    """The autocast of a trainer precision (``bf16-mixed`` or ``32-true``) on ``device``, outside a trainer."""
+    device = torch.device(device)
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16-mixed")
+
+
 def vocab_compute_dtype(option: str, device: torch.device | str) -> torch.dtype:
     """The dtype of the vocabulary matmuls: ``option`` by name, or for ``"auto"`` bf16 where it is fast, else fp32."""
     if option == "auto":

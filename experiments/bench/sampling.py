@@ -38,13 +38,15 @@ VARIANTS = [OLD_DEFAULT, AUTHORS, *LIBRARY_DEFAULTS]
 
 
 def measure(case: dict) -> dict:
+    import dataclasses
+
     import torch
 
     if case.get("training"):
         return measure_one({**case, "steps": 2})
     module, _ = build(case)
     module.eval()
-    module.pipeline.clamp = case["clamp"]
+    module.sampling = dataclasses.replace(module.sampling, clamp=case["clamp"])  # the pipeline is built from it
     batch, generator = next(batches(case)), torch.Generator().manual_seed(1)
 
     def sample():

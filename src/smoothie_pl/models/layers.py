@@ -15,8 +15,9 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 # the plain path where a backward may follow, flash where none can (sampling, validation).
 # The plain path's bf16 kernel keeps the scores and softmax in fp32. Written out as three
 # ops under bf16 autocast a demo step was 10-15 % faster, but its bf16 scores were 1.5-4.5x
-# further from the float64 formula, and a long run so trained scored 42.5 against 46.4
-# validation SacreBLEU at 3,000 steps at the same validation loss: not taken.
+# further from the float64 formula, and a long run so trained scored 42.5 validation
+# SacreBLEU at 3,000 steps against 45.1 before (with weaker recasing then) at the same
+# validation loss: not taken (experiments/bench/README.md).
 CPU_TRAINING_ATTENTION = [SDPBackend.MATH]
 CPU_INFERENCE_ATTENTION = [SDPBackend.FLASH_ATTENTION, SDPBackend.MATH]
 

@@ -2,7 +2,7 @@
 
     PYTHONPATH=src python experiments/gpu/demo_run.py --minutes 5 --batch-size 256
 
-The demo's yaml with the GPU's batch, a time limit instead of 800 steps, and
+The demo's yaml with the GPU's batch, a time limit instead of 1,000 steps, and
 validation at the end only; prints one summary line.
 """
 

@@ -51,6 +51,22 @@ def _chunk_view(buffer: torch.Tensor, rows: int, columns: int) -> torch.Tensor:
     return buffer[: rows * columns].view(rows, columns)
 
 
+def _product_buffer(q: torch.Tensor, width: int) -> torch.Tensor | None:
+    """A flat buffer for ``q @ rows.T`` in ``q``'s dtype, or ``None`` for fp32 ``q`` (the product is the scores)."""
+    return None if q.dtype == torch.float32 else torch.empty(q.shape[0] * width, dtype=q.dtype, device=q.device)
+
+
+def _fill_scores(
+    q: torch.Tensor, rows: torch.Tensor, half_sq_norms: torch.Tensor, out: torch.Tensor, product: torch.Tensor | None
+) -> None:
+    """``out[i, j] = q_i . E_j - |E_j|^2 / 2`` for a chunk of rows, in fp32; the product in ``q``'s dtype."""
+    if product is None:
+        torch.mm(q, rows.T, out=out)
+    else:
+        out.copy_(torch.mm(q, rows.T, out=_chunk_view(product, *out.shape)))
+    out.sub_(half_sq_norms)
+
+
 def _noisy_chunks(
     fill_clean_logits: Callable[[int, torch.Tensor, torch.Tensor], None],
     n: int,
@@ -142,19 +158,12 @@ def noisy_logit_chunks(
     q = distinct.to(compute_dtype)
     logit_scale = (mu.float() / sigma0**2).unsqueeze(1)
     width = min(chunk_size, embeddings.shape[0])
-    product_buffer = distinct_buffer = None
-    if compute_dtype != torch.float32:
-        product_buffer = torch.empty(q.shape[0] * width, dtype=compute_dtype, device=q.device)
-    if row_of is not None:
-        distinct_buffer = torch.empty(q.shape[0] * width, device=q.device)
+    product_buffer = _product_buffer(q, width)
+    distinct_buffer = None if row_of is None else torch.empty(q.shape[0] * width, device=q.device)
 
     def distance_logits(start: int, rows: torch.Tensor, out: torch.Tensor) -> None:
         target = out if row_of is None else _chunk_view(distinct_buffer, q.shape[0], rows.shape[0])
-        if product_buffer is None:
-            torch.mm(q, rows.T, out=target)
-        else:
-            target.copy_(torch.mm(q, rows.T, out=_chunk_view(product_buffer, *target.shape)))
-        target.sub_(half_sq_norms[start : start + rows.shape[0]])
+        _fill_scores(q, rows, half_sq_norms[start : start + rows.shape[0]], target, product_buffer)
         if row_of is not None:
             torch.index_select(target, 0, row_of, out=out)
         out.mul_(logit_scale)
@@ -375,17 +384,12 @@ def nearest_rows(
     n, width = q.shape[0], min(chunk_size, embeddings.shape[0])
     best_score = torch.full((n,), float("-inf"), device=q.device)
     best_index = torch.zeros(n, dtype=torch.long, device=q.device)
-    scores_buffer = torch.empty(n * width, device=q.device)
-    product_buffer = None if q.dtype == torch.float32 else torch.empty(n * width, dtype=q.dtype, device=q.device)
+    scores_buffer, product_buffer = torch.empty(n * width, device=q.device), _product_buffer(q, width)
     with torch.autocast(device_type=query.device.type, enabled=False):
         for start in range(0, embeddings.shape[0], chunk_size):
             rows = embeddings[start : start + chunk_size]
             scores = _chunk_view(scores_buffer, n, rows.shape[0])
-            if product_buffer is None:
-                torch.mm(q, rows.T, out=scores)
-            else:
-                scores.copy_(torch.mm(q, rows.T, out=_chunk_view(product_buffer, n, rows.shape[0])))
-            scores.sub_(half_sq_norms[start : start + chunk_size])
+            _fill_scores(q, rows, half_sq_norms[start : start + chunk_size], scores, product_buffer)
             chunk_best, chunk_index = scores.max(dim=1)
             better = chunk_best > best_score
             best_score = torch.where(better, chunk_best, best_score)

@@ -85,6 +85,24 @@ def test_sampling_fills_positions_past_the_window_with_padding(word_model):
     assert len(texts) == 4 and all(isinstance(text, str) for text in texts)
 
 
+def test_sampling_spends_no_vocabulary_work_past_the_window(word_model, monkeypatch):
+    """Noise, re-noising and clamping see only the live positions (their count, worked from the sources); the
+    model input past a window is zero."""
+    module = tiny_module(word_model, length_from_source=1, sampling={"clamp": True}).eval()
+    ids, mask = tokenised_sources(module, count=4)
+    windows = mask.sum(1) - 2 + 1
+    assert windows.min() < windows.max(), "the test needs sources of different lengths"
+    attended, clamped, inputs = [], [], []
+    attention, decode = module.space.attention, module.space.decode
+    monkeypatch.setattr(module.space, "attention", lambda query, *a, **k: attended.append(len(query)) or attention(query, *a, **k))
+    monkeypatch.setattr(module.space, "decode", lambda e, exact=True: clamped.append(e.shape[:-1].numel()) or decode(e, exact))
+    module.pipeline.sample(ids, mask, torch.Generator().manual_seed(0), steps=3, callback=lambda k, t, x, e0: inputs.append(x))
+    live = int(windows.sum())
+    assert attended == [live] * 3 and clamped == [live] * 3  # prior + 2 re-noisings; one clamp per step
+    dead = torch.arange(int(windows.max())) >= windows[:, None]
+    assert all(not x[dead].any() and x[~dead].abs().sum(-1).gt(0).all() for x in inputs)
+
+
 def test_a_negative_margin_or_no_source_is_refused(word_model):
     assert config_errors({"model": {"length_from_source": -1}}) == [
         "model.length_from_source = -1: allowed >= 0, with a source (model.denoiser.source_encoder not 'none')"

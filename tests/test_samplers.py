@@ -160,13 +160,13 @@ class RecordingSpace:
         self.schedule = SdSchedule()
         self.renoised_at = []
 
-    def prior_input(self, batch, length, generator):
+    def prior_input(self, batch, length, generator, live=None):
         return torch.zeros(batch, length, 2)
 
     def prior_state(self, batch, length, generator):
         return torch.ones(batch, length, 2)
 
-    def renoise_input(self, predicted, t, generator, noise_scale):
+    def renoise_input(self, predicted, t, generator, noise_scale, live=None):
         self.renoised_at.append(round(t[0].item(), 6))
         return predicted
 

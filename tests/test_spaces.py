@@ -113,3 +113,37 @@ def test_linear_token_head_is_trainable_and_bad_heads_are_named(embeddings):
     assert [tuple(p.shape) for p in space.parameters()] == [(37, 8), (37,)]
     with pytest.raises(ValueError, match="token_head"):
         SimplexSpace(embeddings, token_head="mlp")
+
+
+LIVE = torch.tensor([[True, False, True], [False, True, False]])  # positions (0, 0), (0, 2), (1, 1)
+
+
+def test_smoothie_draws_the_noise_of_live_positions_only(embeddings):
+    """With ``live``, the streamed noise covers the 3 live positions in order; the other 3 get a zero input."""
+    space = SmoothieSpace(embeddings, chunk_size=10)
+    clean = embeddings[torch.tensor([[2, 30, 5], [7, 11, 19]])] + 0.1
+    t = torch.tensor([0.3, 0.6])
+    out = space.noised_input(clean, t, torch.Generator().manual_seed(4), live=LIVE)
+    mu, std = ArctanSchedule().marginal(t.double())
+    rows, times = clean[LIVE].double(), torch.tensor([0, 0, 1])
+    d0 = -torch.cdist(rows, embeddings.double()).pow(2) / (2 * 1.5**2)
+    state = mu[times, None] * d0 + std[times, None] * chunked_noise(3, 37, 10, 4).double()
+    assert torch.allclose(out[LIVE].double(), torch.softmax(state, -1) @ embeddings.double(), atol=1e-5)
+    assert torch.equal(out[~LIVE], torch.zeros(3, 8))
+    prior = space.prior_input(2, 3, torch.Generator().manual_seed(5), live=LIVE)
+    expected = torch.softmax(space.schedule.prior_std * chunked_noise(3, 37, 10, 5).double(), -1) @ embeddings.double()
+    assert torch.allclose(prior[LIVE].double(), expected, atol=1e-5) and not prior[~LIVE].any()
+
+
+def test_simplex_and_gaussian_inputs_are_zero_off_the_live_positions(embeddings):
+    clean = embeddings[torch.tensor([[3, 0, 36], [1, 2, 4]])]
+    t = torch.tensor([0.3, 0.3])
+    simplex = SimplexSpace(embeddings, chunk_size=16)
+    out = simplex.noised_input(clean, t, torch.Generator().manual_seed(2), live=LIVE)
+    alone = simplex.noised_input(clean[LIVE][None], t[:1], torch.Generator().manual_seed(2))[0]
+    assert torch.allclose(out[LIVE], alone, atol=1e-6) and not out[~LIVE].any()
+    gaussian = GaussianEmbeddingSpace(embeddings)
+    full = gaussian.noised_input(clean, t, torch.Generator().manual_seed(2))
+    masked = gaussian.noised_input(clean, t, torch.Generator().manual_seed(2), live=LIVE)
+    assert torch.equal(masked[LIVE], full[LIVE]) and not masked[~LIVE].any()
+    assert not gaussian.prior_input(2, 3, torch.Generator().manual_seed(2), live=LIVE)[~LIVE].any()

@@ -192,7 +192,8 @@ class SmoothiePipeline:
         what the sampler re-noises and to the output. ``callback(k, t, x, e0)``
         sees every step (``e0`` as the sampler gets it, i.e. after clamping).
         With ``length_from_source`` the batch has its window's width, and positions
-        past a pair's window hold the pad embedding.
+        past a pair's window hold the pad embedding; nothing is drawn, clamped or
+        re-noised for them (in a batch of verses in file order, a third of the positions).
         """
         width, live = self.target_window(source_mask)
         source, source_copy = self.encode_source(source_ids, source_mask), self.source_copy(source_ids, width)
@@ -202,11 +203,14 @@ class SmoothiePipeline:
         def denoise(x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
             nonlocal previous
             previous = self.guided_prediction(x_t, t, source, source_mask, previous, source_copy, live)
-            predicted = self.clamp_to_vocabulary(previous) if self.clamp else previous
-            return predicted if live is None else torch.where(live[..., None], predicted, pad)
+            if live is None:
+                return self.clamp_to_vocabulary(previous) if self.clamp else previous
+            predicted = pad.to(previous.dtype).expand_as(previous).clone()
+            predicted[live] = self.clamp_to_vocabulary(previous[live]) if self.clamp else previous[live]
+            return predicted
 
         sampler = self.sampler_with(steps)
-        return sampler.sample(self.space, denoise, source_ids.shape[0], width, generator, callback=callback)
+        return sampler.sample(self.space, denoise, source_ids.shape[0], width, generator, callback=callback, live=live)
 
     def pad_embedding(self) -> torch.Tensor:
         """The space's row of the pad token, ``[d]`` (what decodes as the end of a text)."""

@@ -25,7 +25,7 @@ from typing import Callable, ClassVar
 import torch
 
 from smoothie_pl.diffusion.schedules import Schedule
-from smoothie_pl.diffusion.spaces import DiffusionSpace
+from smoothie_pl.diffusion.spaces import DiffusionSpace, zero_outside
 
 Denoise = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 """``(model input [B, L, d], t [B]) -> predicted clean embeddings [B, L, d]``."""
@@ -106,7 +106,12 @@ class Sampler:
         return self.grid(self.steps, device)
 
     def initial_state(
-        self, space: DiffusionSpace, batch: int, length: int, generator: torch.Generator | None
+        self,
+        space: DiffusionSpace,
+        batch: int,
+        length: int,
+        generator: torch.Generator | None,
+        live: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """The state at ``t = 1``."""
         raise NotImplementedError
@@ -123,6 +128,7 @@ class Sampler:
         t: torch.Tensor,
         t_next: torch.Tensor,
         generator: torch.Generator | None,
+        live: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """The state at ``t_next [B]`` from the state at ``t [B]`` and the predicted clean embeddings."""
         raise NotImplementedError
@@ -137,18 +143,24 @@ class Sampler:
         generator: torch.Generator | None = None,
         device: torch.device | None = None,
         callback: StepCallback | None = None,
+        live: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """The last prediction ``[B, L, d]``; ``callback(k, t, x, e0)`` follows every model evaluation."""
-        state = self.initial_state(space, batch, length, generator)
+        """The last prediction ``[B, L, d]``; ``callback(k, t, x, e0)`` follows every model evaluation.
+
+        ``live [B, L]`` (``None``: all): the positions modelled. The model input is zero at
+        the others, and the re-noise sampler draws nothing for them (a sampler carrying the
+        full state still updates all of it).
+        """
+        state = self.initial_state(space, batch, length, generator, live)
         grid = self.timesteps(device or state.device)
         for k in range(self.steps):
             t = grid[k].expand(batch)
-            x = self.model_input(space, state)
+            x = zero_outside(self.model_input(space, state), live)
             predicted = denoise(x, t)
             if callback is not None:
                 callback(k, t, x, predicted)
             if k + 1 < self.steps:
-                state = self.step(space, state, predicted, t, grid[k + 1].expand(batch), generator)
+                state = self.step(space, state, predicted, t, grid[k + 1].expand(batch), generator, live)
         return predicted
 
 
@@ -159,14 +171,14 @@ class RenoiseSampler(Sampler):
     noise, so the space can stream it without holding the ``[B, L, V]`` state.
     """
 
-    def initial_state(self, space, batch, length, generator):
-        return space.prior_input(batch, length, generator)
+    def initial_state(self, space, batch, length, generator, live=None):
+        return space.prior_input(batch, length, generator, live=live)
 
     def model_input(self, space, state):
         return state
 
-    def step(self, space, state, predicted, t, t_next, generator):
-        return space.renoise_input(predicted, t_next, generator, self.noise_scale)
+    def step(self, space, state, predicted, t, t_next, generator, live=None):
+        return space.renoise_input(predicted, t_next, generator, self.noise_scale, live=live)
 
 
 def _per_sample(value: torch.Tensor, state: torch.Tensor) -> torch.Tensor:
@@ -181,7 +193,7 @@ def _noise_like(state: torch.Tensor, generator: torch.Generator | None) -> torch
 class StateSampler(Sampler):
     """A sampler that carries the full state ``x_t`` from the prior; the model sees ``space.state_input``."""
 
-    def initial_state(self, space, batch, length, generator):
+    def initial_state(self, space, batch, length, generator, live=None):
         return space.prior_state(batch, length, generator)
 
     def model_input(self, space, state):
@@ -191,7 +203,7 @@ class StateSampler(Sampler):
 class DDIMSampler(StateSampler):
     """Deterministic DDIM: ``eps = (x_t - mu_t x0) / s_t``, ``x_next = mu_next x0 + s_next eps``."""
 
-    def step(self, space, state, predicted, t, t_next, generator):
+    def step(self, space, state, predicted, t, t_next, generator, live=None):
         clean = space.clean_state(predicted)
         mu, std = (_per_sample(v, state) for v in space.schedule.marginal(t))
         mu_next, std_next = (_per_sample(v, state) for v in space.schedule.marginal(t_next))
@@ -202,7 +214,7 @@ class DDIMSampler(StateSampler):
 class DDPMSampler(StateSampler):
     """Ancestral DDPM: a draw from the Gaussian posterior ``q(x_next | x_t, x0)`` with ``alpha_bar = mu^2``."""
 
-    def step(self, space, state, predicted, t, t_next, generator):
+    def step(self, space, state, predicted, t, t_next, generator, live=None):
         clean = space.clean_state(predicted)
         mu, _ = (_per_sample(v, state) for v in space.schedule.marginal(t))
         mu_next, std_next = (_per_sample(v, state) for v in space.schedule.marginal(t_next))
@@ -241,7 +253,7 @@ class SDESampler(StateSampler):
             raise ValueError(f"SDE sampler max_substep must be positive, got {max_substep}")
         self.max_substep = max_substep
 
-    def step(self, space, state, predicted, t, t_next, generator):
+    def step(self, space, state, predicted, t, t_next, generator, live=None):
         clean = space.clean_state(predicted)
         c = space.schedule.prior_std
         start, end = diffusion_clock(space.schedule, t), diffusion_clock(space.schedule, t_next)

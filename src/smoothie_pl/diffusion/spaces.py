@@ -10,6 +10,10 @@ Two paths share one contract:
 - streaming (training and the re-noise sampler): ``noised_input``,
   ``renoise_input`` and ``prior_input`` go straight to the model input; the
   Smoothie and simplex spaces never hold a ``[B, L, V]`` tensor on it.
+  Each takes ``live [B, L]`` (True where the input is needed; ``None``: all
+  positions): the other positions' input is zero, and the Smoothie and simplex
+  spaces spend no vocabulary work on them (a batch's pairs past their own
+  length, with ``length_from_source``).
 - full state (DDIM, DDPM, SDE): ``prior_state``, ``clean_state`` and
   ``state_input``; the state is ``[B, L, V]`` for Smoothie and the simplex,
   which is fine for ablations at demo sizes.
@@ -31,6 +35,21 @@ from smoothie_pl.diffusion.vocab_attention import (
     noisy_onehot_logit_chunks,
     softmax_readout,
 )
+
+
+def zero_outside(x: torch.Tensor, live: torch.Tensor | None) -> torch.Tensor:
+    """``x [B, L, d]`` with the positions where ``live [B, L]`` is False set to zero (``live`` None: ``x``)."""
+    return x if live is None else x.masked_fill(~live[..., None], 0.0)
+
+
+def _live_rows(live: torch.Tensor | None) -> torch.Tensor | None:
+    """Flat indices ``[n]`` of the live positions of ``live [B, L]``, or ``None`` for all."""
+    return None if live is None else live.reshape(-1).nonzero().squeeze(1)
+
+
+def _at_rows(values: torch.Tensor, rows: torch.Tensor | None, total: int) -> torch.Tensor:
+    """``values [n, d]`` placed at flat positions ``rows`` of ``total``, zeros elsewhere (``rows`` None: as given)."""
+    return values if rows is None else values.new_zeros(total, values.shape[1]).index_copy_(0, rows, values)
 
 
 class DiffusionSpace(nn.Module):
@@ -71,29 +90,36 @@ class DiffusionSpace(nn.Module):
         return mu.repeat_interleave(length), std.repeat_interleave(length)
 
     def nearest(self, predicted: torch.Tensor, exact: bool = True) -> torch.Tensor:
-        """Nearest vocabulary row (L2) of every embedding ``[B, L, d]``, ``[B, L]``.
+        """Nearest vocabulary row (L2) of every embedding ``[..., d]`` (``[B, L, d]`` or ``[N, d]``), ``[...]``.
 
         ``exact=False`` scans the compute copy of ``E`` (bf16 where the space
         computes in bf16): a near-tie may go to the other row.
         """
-        batch, length, dim = predicted.shape
         embeddings = self.embeddings if exact else self.compute_embeddings
         rows = nearest_rows(
-            predicted.reshape(-1, dim), embeddings, chunk_size=self.chunk_size, half_sq_norms=self.half_sq_norms
-        )
-        return rows.view(batch, length)
+            predicted.reshape(-1, predicted.shape[-1]), embeddings, chunk_size=self.chunk_size,
+            half_sq_norms=self.half_sq_norms,
+        )  # fmt: skip
+        return rows.view(predicted.shape[:-1])
 
     def decode(self, predicted: torch.Tensor, exact: bool = True) -> torch.Tensor:
-        """Vocabulary rows of predicted embeddings, ``[B, L]`` (``exact``: see ``nearest``)."""
+        """Vocabulary rows of predicted embeddings ``[..., d]``, ``[...]`` (``exact``: see ``nearest``)."""
         return self.nearest(predicted, exact)
 
     def noised_input(
-        self, clean: torch.Tensor, t: torch.Tensor, generator: torch.Generator | None = None, noise_scale: float = 1.0
+        self,
+        clean: torch.Tensor,
+        t: torch.Tensor,
+        generator: torch.Generator | None = None,
+        noise_scale: float = 1.0,
+        live: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Model input ``[B, L, d]`` at times ``t [B]`` for clean embeddings ``[B, L, d]`` (training)."""
         raise NotImplementedError
 
-    def prior_input(self, batch: int, length: int, generator: torch.Generator | None = None) -> torch.Tensor:
+    def prior_input(
+        self, batch: int, length: int, generator: torch.Generator | None = None, live: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """Model input ``[B, L, d]`` of a prior sample."""
         raise NotImplementedError
 
@@ -102,10 +128,15 @@ class DiffusionSpace(nn.Module):
         raise NotImplementedError
 
     def renoise_input(
-        self, predicted: torch.Tensor, t: torch.Tensor, generator: torch.Generator | None, noise_scale: float = 1.0
+        self,
+        predicted: torch.Tensor,
+        t: torch.Tensor,
+        generator: torch.Generator | None,
+        noise_scale: float = 1.0,
+        live: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """The re-noise sampler's step: the model input at ``t`` drawn afresh around a prediction."""
-        return self.noised_input(predicted, t, generator, noise_scale)
+        return self.noised_input(predicted, t, generator, noise_scale, live)
 
     def prior_state(self, batch: int, length: int, generator: torch.Generator | None = None) -> torch.Tensor:
         """A full-state sample at t = 1, ``N(0, prior_std^2)`` of shape ``[B, L, state_width]``."""
@@ -147,11 +178,19 @@ class SmoothieSpace(DiffusionSpace):
         return getattr(self.schedule, "sigma_min", ArctanSchedule.sigma_min)
 
     def _attend(
-        self, query: torch.Tensor, mu: torch.Tensor, std: torch.Tensor, generator: torch.Generator | None
+        self,
+        query: torch.Tensor,
+        mu: torch.Tensor,
+        std: torch.Tensor,
+        generator: torch.Generator | None,
+        live: torch.Tensor | None = None,
     ) -> torch.Tensor:
         batch, length, dim = query.shape
+        query, rows = query.reshape(-1, dim), _live_rows(live)
+        if rows is not None:
+            query, mu, std = query[rows], mu[rows], std[rows]
         out = self.attention(
-            query.reshape(-1, dim),
+            query,
             self.compute_embeddings,
             mu,
             std,
@@ -161,7 +200,7 @@ class SmoothieSpace(DiffusionSpace):
             compute_dtype=self.compute_dtype,
             half_sq_norms=self.half_sq_norms,
         )
-        return out.view(batch, length, dim)
+        return _at_rows(out, rows, batch * length).view(batch, length, dim)
 
     def noised_input(
         self,
@@ -169,6 +208,7 @@ class SmoothieSpace(DiffusionSpace):
         t: torch.Tensor,
         generator: torch.Generator | None = None,
         noise_scale: float = 1.0,
+        live: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Model input at times ``t [B]`` for clean (or predicted) embeddings ``[B, L, d]``.
 
@@ -176,17 +216,17 @@ class SmoothieSpace(DiffusionSpace):
         may inject less noise to trade diversity for fluency).
         """
         mu, std = self._coefficients(t, clean.shape[1])
-        return self._attend(clean, mu, std * noise_scale, generator)
+        return self._attend(clean, mu, std * noise_scale, generator, live)
 
     def prior_input(
-        self, batch: int, length: int, generator: torch.Generator | None = None
+        self, batch: int, length: int, generator: torch.Generator | None = None, live: torch.Tensor | None = None
     ) -> torch.Tensor:
         """Model input for a prior sample ``D_1 ~ N(0, prior_std^2)``: the query drops out."""
         device = self.embeddings.device
         query = torch.zeros(batch, length, self.embeddings.shape[1], device=device)
         mu = torch.zeros(batch * length, device=device)
         std = torch.full((batch * length,), self.schedule.prior_std, device=device)
-        return self._attend(query, mu, std, generator)
+        return self._attend(query, mu, std, generator, live)
 
     def clean_state(self, predicted: torch.Tensor) -> torch.Tensor:
         """``D0 = -|e - E_j|^2 / (2 sigma0^2)``, the full ``[B, L, V]`` distance state."""
@@ -213,13 +253,16 @@ class GaussianEmbeddingSpace(DiffusionSpace):
         t: torch.Tensor,
         generator: torch.Generator | None = None,
         noise_scale: float = 1.0,
+        live: torch.Tensor | None = None,
     ) -> torch.Tensor:
         mu, std = self.schedule.marginal(t.float())
         noise = torch.randn(clean.shape, generator=generator, device=clean.device)
-        return mu.view(-1, 1, 1) * clean.float() + (std * noise_scale).view(-1, 1, 1) * noise
+        return zero_outside(mu.view(-1, 1, 1) * clean.float() + (std * noise_scale).view(-1, 1, 1) * noise, live)
 
-    def prior_input(self, batch: int, length: int, generator: torch.Generator | None = None) -> torch.Tensor:
-        return self.prior_state(batch, length, generator)
+    def prior_input(
+        self, batch: int, length: int, generator: torch.Generator | None = None, live: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        return zero_outside(self.prior_state(batch, length, generator), live)
 
     def clean_state(self, predicted: torch.Tensor) -> torch.Tensor:
         return predicted.float()
@@ -279,11 +322,19 @@ class SimplexSpace(DiffusionSpace):
         return position_mean(per_position, counted)
 
     def _onehot_input(
-        self, rows: torch.Tensor, mu: torch.Tensor, std: torch.Tensor, generator: torch.Generator | None
+        self,
+        tokens: torch.Tensor,
+        mu: torch.Tensor,
+        std: torch.Tensor,
+        generator: torch.Generator | None,
+        live: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        batch, length = rows.shape
+        batch, length = tokens.shape
+        tokens, rows = tokens.flatten(), _live_rows(live)
+        if rows is not None:
+            tokens, mu, std = tokens[rows], mu[rows], std[rows]
         chunks = noisy_onehot_logit_chunks(
-            rows.flatten(),
+            tokens,
             self.compute_embeddings,
             2 * self.simplex_value * mu,
             std,
@@ -291,7 +342,7 @@ class SimplexSpace(DiffusionSpace):
             chunk_size=self.chunk_size,
             compute_dtype=self.compute_dtype,
         )
-        return softmax_readout(chunks).view(batch, length, -1)
+        return _at_rows(softmax_readout(chunks), rows, batch * length).view(batch, length, -1)
 
     def noised_input(
         self,
@@ -299,22 +350,30 @@ class SimplexSpace(DiffusionSpace):
         t: torch.Tensor,
         generator: torch.Generator | None = None,
         noise_scale: float = 1.0,
+        live: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Model input at ``t`` for clean embeddings (rows of ``E``: their nearest row is their token)."""
         mu, std = self._coefficients(t, clean.shape[1])
-        return self._onehot_input(self.nearest(clean), mu, std * noise_scale, generator)
+        return self._onehot_input(self.nearest(clean), mu, std * noise_scale, generator, live)
 
     def renoise_input(
-        self, predicted: torch.Tensor, t: torch.Tensor, generator: torch.Generator | None, noise_scale: float = 1.0
+        self,
+        predicted: torch.Tensor,
+        t: torch.Tensor,
+        generator: torch.Generator | None,
+        noise_scale: float = 1.0,
+        live: torch.Tensor | None = None,
     ) -> torch.Tensor:
         mu, std = self._coefficients(t, predicted.shape[1])
-        return self._onehot_input(self.decode(predicted), mu, std * noise_scale, generator)
+        return self._onehot_input(self.decode(predicted), mu, std * noise_scale, generator, live)
 
-    def prior_input(self, batch: int, length: int, generator: torch.Generator | None = None) -> torch.Tensor:
+    def prior_input(
+        self, batch: int, length: int, generator: torch.Generator | None = None, live: torch.Tensor | None = None
+    ) -> torch.Tensor:
         device = self.embeddings.device
-        rows = torch.zeros(batch, length, dtype=torch.long, device=device)
+        tokens = torch.zeros(batch, length, dtype=torch.long, device=device)
         zeros = torch.zeros(batch * length, device=device)
-        return self._onehot_input(rows, zeros, zeros + self.schedule.prior_std, generator)
+        return self._onehot_input(tokens, zeros, zeros + self.schedule.prior_std, generator, live)
 
     def clean_state(self, predicted: torch.Tensor) -> torch.Tensor:
         """``K (2 onehot - 1)`` of the decoded tokens, ``[B, L, V]``."""

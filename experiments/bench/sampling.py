@@ -3,18 +3,20 @@
     python experiments/bench/sampling.py            # demo model, 10 and 50 steps
     python experiments/bench/sampling.py --tiny     # smoke run
 
-A token-step is one target position through one sampler step (batch x L x
-steps); training tokens/s of the same model (forward, backward, AdamW),
+A token-step is one modelled target position through one sampler step (batch x L x
+steps; with windows, the positions inside them); training tokens/s of the same model (forward, backward, AdamW),
 measured in the same run, is the yardstick: a sampler step is forward-only.
 Variants: the demo's old default (bf16 autocast and bf16 vocabulary matmuls
 whatever the CPU, 8 sequences per batch), the authors' formulation (the
 literal distance matrix, softmax and matmul at the full 30,522-row
 vocabulary, same dtypes), and the library's default (``vocab_dtype: auto``,
-no emulated bf16, see ``smoothie_pl.precision``) at 8 and at 64 sequences per batch.
+no emulated bf16, see ``smoothie_pl.precision``) at 8 and at 64 sequences per batch, and
+at 64 sequences of verse-like lengths (10-58 tokens, in file order) each modelling its own
+length plus 8 positions, as the demo does (``length_from_source``).
 Every variant samples as the demo does: each prediction clamped to its nearest
 vocabulary row before it is re-noised. ``--baseline-src DIR`` adds the library
 default of another checkout (``DIR`` is its ``src/``, e.g. a ``git worktree`` of
-an earlier commit) at both batch sizes, interleaved with the rest, and a column
+an earlier commit) in each of those settings, interleaved with the rest, and a column
 with the ratio to it.
 """
 
@@ -33,7 +35,10 @@ AUTHORS = {**OLD_DEFAULT, "impl": "literal", "vocab": 30522}
 NEW_DEFAULT = {
     "impl": "streaming", "precision": "bf16", "vocab_dtype": "auto", "hardware_aware": True, "batch": 8, "clamp": True
 }
-LIBRARY_DEFAULTS = [NEW_DEFAULT, {**NEW_DEFAULT, "batch": 64}]
+# Verse-like batches in file order: sources of 10-58 tokens, each modelling its length plus 8 (as the demo does),
+# so about a third of a batch's 64 positions lie past their pair's window.
+WINDOWED = {**NEW_DEFAULT, "batch": 64, "length_from_source": 8, "source_lengths": (10, 58)}
+LIBRARY_DEFAULTS = [NEW_DEFAULT, {**NEW_DEFAULT, "batch": 64}, WINDOWED]
 VARIANTS = [OLD_DEFAULT, AUTHORS, *LIBRARY_DEFAULTS]
 
 
@@ -55,7 +60,9 @@ def measure(case: dict) -> dict:
 
     with harness.PeakMemory() as memory:
         seconds = harness.timed(sample)
-    token_steps = case["batch"] * case["length"] * case["steps"]
+    width, live = module.pipeline.target_window(batch["source_mask"])
+    modelled = case["batch"] * width if live is None else int(live.sum())
+    token_steps = modelled * case["steps"]
     package = str(Path(sys.modules["smoothie_pl"].__file__).parent)  # which checkout ran (--baseline-src)
     return {"seconds": seconds, "token_steps_per_s": token_steps / seconds, "extra_bytes": memory.extra_bytes,
             "package": package}
@@ -64,14 +71,18 @@ def measure(case: dict) -> dict:
 def variant_name(record: dict) -> str:
     if record.get("impl") == "literal":
         return "authors' formulation (literal, full vocabulary)"
-    if record.get("src"):
-        return "library default" + harness.baseline_label(record)
-    return "library default" if record.get("hardware_aware") else "old default (bf16 whatever the CPU)"
+    name = "library default" if record.get("hardware_aware") else "old default (bf16 whatever the CPU)"
+    if record.get("length_from_source"):
+        name += ", verse-length windows"
+    return name + (harness.baseline_label(record) if record.get("src") else "")
 
 
 def baseline_rate(record: dict, group: list[dict]) -> float | None:
     """Token-steps/s of the ``--baseline-src`` row with the same batch, if there is one."""
-    matches = [r for r in group if r.get("src") and r["batch"] == record["batch"]]
+    matches = [
+        r for r in group
+        if r.get("src") and r["batch"] == record["batch"] and r.get("length_from_source") == record.get("length_from_source")
+    ]  # fmt: skip
     return matches[0].get("token_steps_per_s") if matches else None
 
 

@@ -53,7 +53,7 @@ def build(case: dict):
         target_length=case["length"], source_length=case["length"], denoiser=DenoiserConfig(**case["denoiser"]),
         vocabulary=list(range(min(case["vocab"], 30522))), vocab_attention=case["impl"],
         vocab_dtype=vocab_dtype(case), optim={"warmup_steps": 0, "lr": 1e-3},
-        compile_denoiser=case.get("compile", False),
+        compile_denoiser=case.get("compile", False), length_from_source=case.get("length_from_source"),
     )
     if case["vocab"] > module.embedding_matrix.shape[0]:  # a synthetic vocabulary larger than MiniLM's
         module.embedding_matrix = torch.randn(case["vocab"], module.embedding_matrix.shape[1])
@@ -83,13 +83,23 @@ def autocast(case: dict):
 
 
 def batches(case: dict):
-    """Copy-task batches (target = source) of random rows, so a loss curve can fall."""
+    """Copy-task batches (target = source) of random rows, so a loss curve can fall.
+
+    ``source_lengths: (low, high)``: each source has a length drawn uniformly from that range (padding after it),
+    as verses in file order have; otherwise every source fills all ``length`` positions.
+    """
     import torch
 
     generator = torch.Generator().manual_seed(case.get("seed", 0))
     while True:
         ids = torch.randint(0, min(case["vocab"], 30522), (case["batch"], case["length"]), generator=generator)
-        yield {"target_ids": ids, "source_ids": ids, "source_mask": torch.ones_like(ids, dtype=torch.bool)}
+        mask = torch.ones_like(ids, dtype=torch.bool)
+        if case.get("source_lengths"):
+            low, high = case["source_lengths"]
+            lengths = torch.randint(low, high + 1, (case["batch"], 1), generator=generator)
+            mask = torch.arange(case["length"]) < lengths
+            ids = ids.masked_fill(~mask, 0)
+        yield {"target_ids": ids, "source_ids": ids, "source_mask": mask}
 
 
 def training_step(module, optimizer, batch, generator, case: dict) -> float:

@@ -12,8 +12,9 @@ Two paths share one contract:
   Smoothie and simplex spaces never hold a ``[B, L, V]`` tensor on it.
   Each takes ``live [B, L]`` (True where the input is needed; ``None``: all
   positions): the other positions' input is zero, and the Smoothie and simplex
-  spaces spend no vocabulary work on them (a batch's pairs past their own
-  length, with ``length_from_source``).
+  spaces draw no noise and stream no vocabulary pass for them (a batch's pairs
+  past their own length, with ``length_from_source``; the simplex still
+  decodes every position before it re-noises).
 - full state (DDIM, DDPM, SDE): ``prior_state``, ``clean_state`` and
   ``state_input``; the state is ``[B, L, V]`` for Smoothie and the simplex,
   which is fine for ablations at demo sizes.
@@ -42,9 +43,13 @@ def zero_outside(x: torch.Tensor, live: torch.Tensor | None) -> torch.Tensor:
     return x if live is None else x.masked_fill(~live[..., None], 0.0)
 
 
-def _live_rows(live: torch.Tensor | None) -> torch.Tensor | None:
-    """Flat indices ``[n]`` of the live positions of ``live [B, L]``, or ``None`` for all."""
-    return None if live is None else live.reshape(-1).nonzero().squeeze(1)
+def _select_live(live: torch.Tensor | None, *per_position: torch.Tensor) -> tuple[torch.Tensor | None, tuple]:
+    """Flat indices ``[n]`` of the live positions of ``live [B, L]`` (``None`` for all) and each flat
+    ``[B * L, ...]`` tensor of ``per_position`` cut to those rows."""
+    if live is None:
+        return None, per_position
+    rows = live.reshape(-1).nonzero().squeeze(1)
+    return rows, tuple(values[rows] for values in per_position)
 
 
 def _at_rows(values: torch.Tensor, rows: torch.Tensor | None, total: int) -> torch.Tensor:
@@ -186,9 +191,7 @@ class SmoothieSpace(DiffusionSpace):
         live: torch.Tensor | None = None,
     ) -> torch.Tensor:
         batch, length, dim = query.shape
-        query, rows = query.reshape(-1, dim), _live_rows(live)
-        if rows is not None:
-            query, mu, std = query[rows], mu[rows], std[rows]
+        rows, (query, mu, std) = _select_live(live, query.reshape(-1, dim), mu, std)
         out = self.attention(
             query,
             self.compute_embeddings,
@@ -330,9 +333,7 @@ class SimplexSpace(DiffusionSpace):
         live: torch.Tensor | None = None,
     ) -> torch.Tensor:
         batch, length = tokens.shape
-        tokens, rows = tokens.flatten(), _live_rows(live)
-        if rows is not None:
-            tokens, mu, std = tokens[rows], mu[rows], std[rows]
+        rows, (tokens, mu, std) = _select_live(live, tokens.flatten(), mu, std)
         chunks = noisy_onehot_logit_chunks(
             tokens,
             self.compute_embeddings,
